@@ -1,0 +1,191 @@
+"""cffi build script for hypercall._hyper (out-of-line API mode).
+
+Compiled at `pip install` time through setuptools' `cffi_modules`; the C
+here is the whole of rumpvm's contact with the host: anonymous mmap arenas,
+malloc, swap-file block I/O with iovecs, environment parameters, and the
+page helpers (zero, copy, gather, scatter, checksum) the profile asked for.
+"""
+
+from cffi import FFI
+
+ffibuilder = FFI()
+
+ffibuilder.cdef(
+    """
+    void *rv_anonmmap(size_t size, int alignbit, int exec);
+    int rv_unmap(void *addr, size_t size);
+    void *rv_malloc(size_t size, size_t align);
+    void rv_free(void *p);
+    const char *rv_getenv(const char *name);
+    long rv_pagesize(void);
+
+    void rv_page_zero(uintptr_t addr, size_t len);
+    void rv_page_copy(uintptr_t dst, uintptr_t src, size_t len);
+    void rv_gather(char *dst, const uintptr_t *src, const size_t *len, size_t n);
+    void rv_scatter(const char *src, const uintptr_t *dst, const size_t *len, size_t n);
+    uint64_t rv_checksum(uintptr_t addr, size_t len);
+
+    int rv_swap_open(const char *path);
+    int rv_swap_mktemp(char *template_);
+    int rv_swap_truncate(int fd, int64_t size);
+    int rv_close(int fd);
+    int rv_unlink(const char *path);
+    int64_t rv_pwrite_pages(int fd, const uintptr_t *pages, int n, size_t pgsz, int64_t off);
+    int64_t rv_pread_pages(int fd, const uintptr_t *pages, int n, size_t pgsz, int64_t off);
+    int64_t rv_pread(int fd, char *buf, size_t len, int64_t off);
+    int64_t rv_pwrite(int fd, const char *buf, size_t len, int64_t off);
+    int rv_fsync(int fd);
+    """
+)
+
+ffibuilder.set_source(
+    "hypercall._hyper",
+    r"""
+    #ifndef _GNU_SOURCE
+    #define _GNU_SOURCE
+    #endif
+    #include <errno.h>
+    #include <fcntl.h>
+    #include <limits.h>
+    #include <stdint.h>
+    #include <stdlib.h>
+    #include <string.h>
+    #include <sys/mman.h>
+    #include <sys/uio.h>
+    #include <unistd.h>
+
+    /* mmap with the start aligned to 1<<alignbit: over-map, then trim. */
+    void *rv_anonmmap(size_t size, int alignbit, int exec)
+    {
+        int prot = PROT_READ | PROT_WRITE | (exec ? PROT_EXEC : 0);
+        size_t align = alignbit > 0 ? (size_t)1 << alignbit : 0;
+        size_t total = size + align;
+        char *p = mmap(NULL, total, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            return NULL;
+        if (align == 0)
+            return p;
+        uintptr_t start = ((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1);
+        size_t head = start - (uintptr_t)p, tail = total - head - size;
+        if (head)
+            munmap(p, head);
+        if (tail)
+            munmap((char *)start + size, tail);
+        return (void *)start;
+    }
+
+    int rv_unmap(void *addr, size_t size) { return munmap(addr, size); }
+
+    void *rv_malloc(size_t size, size_t align)
+    {
+        void *p = NULL;
+        if (align < sizeof(void *))
+            align = sizeof(void *);
+        errno = posix_memalign(&p, align, size);
+        return errno ? NULL : p;
+    }
+
+    void rv_free(void *p) { free(p); }
+    const char *rv_getenv(const char *name) { return getenv(name); }
+    long rv_pagesize(void) { return sysconf(_SC_PAGESIZE); }
+
+    void rv_page_zero(uintptr_t addr, size_t len) { memset((void *)addr, 0, len); }
+    void rv_page_copy(uintptr_t dst, uintptr_t src, size_t len)
+    {
+        memcpy((void *)dst, (const void *)src, len);
+    }
+
+    /* Copy n runs into one buffer; a run whose source is 0 reads as zeros. */
+    void rv_gather(char *dst, const uintptr_t *src, const size_t *len, size_t n)
+    {
+        for (size_t i = 0; i < n; i++) {
+            if (src[i])
+                memcpy(dst, (const void *)src[i], len[i]);
+            else
+                memset(dst, 0, len[i]);
+            dst += len[i];
+        }
+    }
+
+    void rv_scatter(const char *src, const uintptr_t *dst, const size_t *len, size_t n)
+    {
+        for (size_t i = 0; i < n; i++) {
+            memcpy((void *)dst[i], src, len[i]);
+            src += len[i];
+        }
+    }
+
+    /* 64-bit word hash (xxhash-style multiply/rotate); len is a multiple of 8. */
+    uint64_t rv_checksum(uintptr_t addr, size_t len)
+    {
+        const uint64_t *w = (const uint64_t *)addr;
+        uint64_t h = 0x9E3779B97F4A7C15ULL ^ len;
+        for (size_t i = 0; i < len / 8; i++) {
+            h ^= w[i] * 0xC2B2AE3D27D4EB4FULL;
+            h = ((h << 31) | (h >> 33)) * 0x9E3779B185EBCA87ULL;
+        }
+        h ^= h >> 29;
+        h *= 0x165667B19E3779F9ULL;
+        return h ^ (h >> 32);
+    }
+
+    int rv_swap_open(const char *path)
+    {
+        return open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    }
+    int rv_swap_mktemp(char *template_) { return mkostemp(template_, O_CLOEXEC); }
+    int rv_swap_truncate(int fd, int64_t size) { return ftruncate(fd, size); }
+    int rv_close(int fd) { return close(fd); }
+    int rv_unlink(const char *path) { return unlink(path); }
+    int rv_fsync(int fd) { return fsync(fd); }
+
+    static int64_t rv_pio_pages(int fd, const uintptr_t *pages, int n, size_t pgsz,
+                                int64_t off, int write)
+    {
+        struct iovec iov[IOV_MAX < 1024 ? IOV_MAX : 1024];
+        int64_t done = 0;
+        for (int i = 0; i < n;) {
+            int k = 0;
+            for (; k < (int)(sizeof(iov) / sizeof(iov[0])) && i + k < n; k++) {
+                iov[k].iov_base = (void *)pages[i + k];
+                iov[k].iov_len = pgsz;
+            }
+            size_t want = (size_t)k * pgsz;
+            ssize_t r = write ? pwritev(fd, iov, k, off + done) : preadv(fd, iov, k, off + done);
+            if (r < 0) {
+                if (errno == EINTR)
+                    continue;
+                return -1;
+            }
+            if ((size_t)r != want) {
+                errno = EIO;  /* short transfer: the swap file is truncated */
+                return -1;
+            }
+            done += r;
+            i += k;
+        }
+        return done;
+    }
+
+    int64_t rv_pwrite_pages(int fd, const uintptr_t *pages, int n, size_t pgsz, int64_t off)
+    {
+        return rv_pio_pages(fd, pages, n, pgsz, off, 1);
+    }
+    int64_t rv_pread_pages(int fd, const uintptr_t *pages, int n, size_t pgsz, int64_t off)
+    {
+        return rv_pio_pages(fd, pages, n, pgsz, off, 0);
+    }
+    int64_t rv_pread(int fd, char *buf, size_t len, int64_t off)
+    {
+        return pread(fd, buf, len, off);
+    }
+    int64_t rv_pwrite(int fd, const char *buf, size_t len, int64_t off)
+    {
+        return pwrite(fd, buf, len, off);
+    }
+    """,
+    extra_compile_args=["-O2"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=False)

@@ -1,0 +1,168 @@
+"""check: verify the whole kernel's bookkeeping (Kernel.check).
+
+Returns a list of violated invariants, empty when all hold:
+- maps: entry trees sound (order, no overlap, gaps, augmentation), entries
+  inside the map, `size` = sum of entries, prot <= max_prot, objectless
+  entries only for untouched anonymous memory (or the pager window);
+- pmaps: every translation is backed by an entry that allows it, points at
+  the page the object chain holds for that address, and is in the page's
+  pv set (and the reverse); writable translations only to pages of the
+  entry's top object, never for needs-copy entries;
+- objects: reference counts equal entries + shadows + handles; shadow sets
+  match backing pointers; pages keyed by their own pindex;
+- pages and frames: every frame is exactly one of free, a page, or a pool
+  frame; every pageable page is on exactly one queue; wired counts match;
+- swap: slots in use = slots referenced by objects, no slot twice;
+- limit: resident <= limit (unless the limit was just lowered).
+Lock: the caller holds the kernel lock.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from . import object as vm_object
+from .constants import PAGE_SHIFT, PROT_READ, PROT_WRITE
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+    from .map import VMMap
+
+
+def _maps(k: "Kernel") -> list["VMMap"]:
+    return [k.kernel_map, *k.kmem.submaps, *(p.vmspace for p in k.proctab.values())]
+
+
+def check_kernel(k: "Kernel") -> list[str]:
+    errs: list[str] = []
+    refs: Counter[int] = Counter()
+    mapped_pages: dict[int, int] = {}
+    pv_expected: set[tuple[int, int, int]] = set()
+    wired_expected: Counter[int] = Counter()
+    for m in _maps(k):
+        errs += [f"{m.name}: {e}" for e in m.tree.check()]
+        total = 0
+        for e in m.entries():
+            total += e.end - e.start
+            if e.start < m.min or e.end > m.max or e.start >= e.end:
+                errs.append(f"{m.name}: entry {e} outside map or empty")
+            if e.prot & ~e.max_prot:
+                errs.append(f"{m.name}: {e} prot beyond max")
+            if e.obj is not None:
+                refs[e.obj.id] += 1
+                if e.obj.dead:
+                    errs.append(f"{m.name}: {e} maps dead object {e.obj.id}")
+            elif e.needs_copy:
+                errs.append(f"{m.name}: {e} needs copy without object")
+        if total != m.size:
+            errs.append(f"{m.name}: size {m.size} != {total}")
+        for vpn, page in m.wired.items():
+            wired_expected[id(page)] += 1
+        if m.pmap is k.kernel_map.pmap and m is not k.kernel_map:
+            continue  # submaps share the kernel pmap; checked through kernel_map
+        for vpn, page in m.pmap.rd.items():
+            pv_expected.add((id(m.pmap), vpn, id(page)))
+            va = vpn << PAGE_SHIFT
+            from .fault import resolve
+            mm, e = resolve(m, va)
+            if e is None:
+                errs.append(f"{m.name}: translation at {va:#x} without entry")
+                continue
+            if not e.prot & PROT_READ:
+                errs.append(f"{m.name}: translation at {va:#x} in entry without read")
+            if e.obj is None:
+                if e.name != "pager":
+                    errs.append(f"{m.name}: translation at {va:#x} in objectless entry")
+                continue
+            _, _, want, _ = vm_object.lookup(e.obj, e.pindex(va))
+            if want is not page:
+                errs.append(f"{m.name}: translation at {va:#x} maps {page}, chain holds {want}")
+            if vpn in m.pmap.wr:
+                if m.pmap.wr[vpn] is not page:
+                    errs.append(f"{m.name}: wr and rd disagree at {va:#x}")
+                if not e.prot & PROT_WRITE or e.needs_copy or page.obj is not e.obj:
+                    errs.append(f"{m.name}: writable translation at {va:#x} not allowed ({e})")
+        for vpn in m.pmap.wr:
+            if vpn not in m.pmap.rd:
+                errs.append(f"{m.name}: wr translation {vpn:#x} missing from rd")
+
+    frames: Counter[int] = Counter()
+    queued = {id(p) for p in k.queues.active} | {id(p) for p in k.queues.inactive}
+    both = {id(p) for p in k.queues.active} & {id(p) for p in k.queues.inactive}
+    if both:
+        errs.append(f"{len(both)} pages on both queues")
+    slots: Counter[int] = Counter()
+    wired_pages = 0
+    for oid, o in k.objtab.items():
+        if o.id != oid or o.dead:
+            errs.append(f"object table: {oid} -> {o}")
+        if o.backing is not None:
+            refs[o.backing.id] += 1
+            if o not in o.backing.shadows:
+                errs.append(f"object {o.id} missing from its backing's shadow set")
+        for s in o.shadows:
+            if s.backing is not o:
+                errs.append(f"object {o.id}: shadow {s.id} does not point back")
+        for pindex, page in o.pages.items():
+            frames[page.frame] += 1
+            if page.obj is not o or page.pindex != pindex:
+                errs.append(f"object {o.id}: page {page} keyed at {pindex}")
+            if page.wire_count:
+                wired_pages += 1
+                if page.wire_count != wired_expected.get(id(page), 0):
+                    errs.append(f"{page}: wire_count {page.wire_count} != {wired_expected.get(id(page), 0)}")
+                if id(page) in queued:
+                    errs.append(f"{page}: wired but queued")
+            elif id(page) not in queued and not page.busy:
+                errs.append(f"{page}: pageable but on no queue")
+            for pm, vpn in page.pv:
+                if (id(pm), vpn, id(page)) not in pv_expected:
+                    errs.append(f"{page}: pv entry {vpn:#x} without translation")
+        for slot in o.swap.values():
+            slots[slot] += 1
+        if o.pindex_bound_errors():
+            errs.append(f"object {o.id}: pages beyond its size")
+    for oid, o in k.objtab.items():
+        want = refs[oid] + o.handles
+        if o.ref_count != want:
+            errs.append(f"object {oid}: ref_count {o.ref_count} != {want} (entries+shadows+handles)")
+    npv = sum(len(p.pv) for o in k.objtab.values() for p in o.pages.values())
+    npv_pager = sum(1 for (_, vpn, _) in pv_expected) - npv
+    if npv_pager < 0:
+        errs.append("pv entries without translations")
+    if wired_pages != k.queues.wired:
+        errs.append(f"queues.wired {k.queues.wired} != {wired_pages}")
+    if len(k.queues.active) + len(k.queues.inactive) > sum(len(o.pages) for o in k.objtab.values()):
+        errs.append("queued pages that belong to no object")
+    for pool in k.pooltab.values():
+        for f in pool.frames:
+            frames[f] += 1
+        if pool.inuse > pool.npages * pool.perpage:
+            errs.append(f"pool {pool.name}: {pool.inuse} items in {pool.npages} pages")
+    free = Counter(k.physmem.free_frames)
+    dup = [f for f, c in (frames + free).items() if c > 1]
+    if dup:
+        errs.append(f"frames owned twice: {dup[:10]}")
+    if sum(frames.values()) != k.physmem.frames_in_use:
+        errs.append(f"frames in use {k.physmem.frames_in_use} != owned {sum(frames.values())}")
+    if len(free) + k.physmem.frames_in_use != k.physmem.total_frames:
+        errs.append("free + used frames != total frames")
+    pm = k.pooltab["vm_map_entry"]
+    nentries = sum(m.tree.count for m in _maps(k))
+    if pm.inuse != nentries:
+        errs.append(f"vm_map_entry pool inuse {pm.inuse} != {nentries} entries")
+    if k.pooltab["vm_object"].inuse != len(k.objtab):
+        errs.append(f"vm_object pool inuse {k.pooltab['vm_object'].inuse} != {len(k.objtab)} objects")
+    if k.swap is not None:
+        if any(c > 1 for c in slots.values()):
+            errs.append("a swap slot is used twice")
+        if k.swap.inuse != len(slots) or any(not k.swap.slotmap[s] for s in slots):
+            errs.append(f"swap inuse {k.swap.inuse} != {len(slots)} slots referenced")
+        if k.swap.slotmap.count(1) != k.swap.inuse:
+            errs.append("swap slot map disagrees with its count")
+    elif slots:
+        errs.append("swap slots without swap")
+    if k.physmem.limit is not None and k.physmem.resident > k.physmem.limit:
+        errs.append(f"resident {k.physmem.resident} > limit {k.physmem.limit}")
+    return errs

@@ -1,0 +1,48 @@
+"""The errors of the public API.
+
+Every failure a caller can cause is a `VMError` (an `OSError` carrying an
+errno), so host programs handle rumpvm like any other system interface.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+
+class VMError(OSError):
+    """A VM call failed; `errno` says why (see the errno table in README)."""
+
+    def __init__(self, err: int, message: str | None = None) -> None:
+        super().__init__(err, message or os.strerror(err))
+
+
+class OutOfMemory(VMError):
+    """Memory ran out: nothing could be freed within the wait bound (ENOMEM)."""
+
+    def __init__(self, message: str = "out of memory") -> None:
+        super().__init__(errno.ENOMEM, message)
+
+
+class SegmentationFault(VMError):
+    """Access to an unmapped page or without the right protection (EFAULT).
+
+    `addr` is the first faulting address, `access` the PROT_* bit that was
+    needed, and `code` is "SEGV_MAPERR" (nothing mapped) or "SEGV_ACCERR"
+    (mapped, but the protection forbids the access), as in siginfo.
+    """
+
+    def __init__(self, addr: int, access: int, code: str = "SEGV_MAPERR") -> None:
+        kind = {1: "read", 2: "write", 4: "exec"}.get(access, f"access {access:#x}")
+        super().__init__(errno.EFAULT, f"segmentation fault: {kind} at {addr:#x} ({code})")
+        self.addr = addr
+        self.access = access
+        self.code = code
+
+
+def einval(message: str) -> VMError:
+    return VMError(errno.EINVAL, message)
+
+
+def enomem(message: str) -> VMError:
+    return VMError(errno.ENOMEM, message)

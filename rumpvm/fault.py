@@ -1,0 +1,177 @@
+"""The fault handler: make a virtual page accessible (vm_fault).
+
+Given a map, an address and the access wanted, find the entry (following
+submaps), check its protection, resolve copy-on-write (a needs-copy entry
+gets its shadow object on the first write), create the entry's object on
+first write, then walk the object chain: a resident page is used, a swapped
+one is paged in, and a page found nowhere is zero-filled into the top
+object.  A write to a page found in a backing object copies it into the top
+object (COW).  A read of a page that was never written returns None: the
+caller sees zeros and nothing is allocated.
+
+Lock: called with the kernel lock held.  Whenever the handler must sleep
+(memory, a busy page, page-in I/O) it drops the lock and restarts from the
+map lookup, because anything may have changed meanwhile (the seeds' "retry
+the fault" pattern).  Page-in runs with the page busy and no lock held.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import hypercall
+
+from . import object as vm_object
+from .constants import PAGE_SHIFT, PROT_READ, PROT_WRITE
+from .errors import OutOfMemory, SegmentationFault
+from .pmap import page_remove_all
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+    from .map import VMMap, VMMapEntry
+    from .object import VMObject
+    from .page import VMPage
+
+
+class _Retry(Exception):
+    """Internal: the fault slept; restart it."""
+
+
+class _NeedMemory(Exception):
+    """Internal: an allocation failed; wait for memory, then restart."""
+
+
+def resolve(vmap: "VMMap", va: int) -> tuple["VMMap", "VMMapEntry | None"]:
+    """The (map, entry) that maps `va`, following submaps; entry None if none."""
+    while True:
+        found, e = vmap.lookup_entry(va)
+        if not found:
+            return vmap, None
+        if e.submap is None:
+            return vmap, e
+        vmap = e.submap
+
+
+def vm_fault(k: "Kernel", vmap: "VMMap", va: int, access: int, wire: bool = False,
+             nowait: bool = False) -> "VMPage | None":
+    """Make the page at `va` accessible for `access` and return it (entered in
+    the pmap, wired if `wire`), or None for a read of a never-written page.
+
+    Raises SegmentationFault, VMError(EIO) (swap checksum), OutOfMemory.
+    Requires the kernel lock; may drop and retake it.
+    """
+    k.uvmexp.faults += 1
+    deadline: float | None = None
+    while True:
+        try:
+            return _fault(k, vmap, va, access, wire)
+        except _Retry:
+            continue
+        except _NeedMemory:
+            if nowait:
+                raise OutOfMemory("no memory for a no-wait fault") from None
+            deadline = k.memwait(deadline)
+
+
+def _alloc(k: "Kernel", obj: "VMObject", pindex: int) -> "VMPage":
+    page = k.page_alloc(obj, pindex)
+    if page is None:
+        raise _NeedMemory
+    return page
+
+
+def _fault(k: "Kernel", vmap: "VMMap", va: int, access: int, wire: bool) -> "VMPage | None":
+    vmap, e = resolve(vmap, va)
+    if e is None:
+        raise SegmentationFault(va, access, "SEGV_MAPERR")
+    need = access if access & PROT_WRITE else PROT_READ
+    if e.prot & need != need:
+        raise SegmentationFault(va, access, "SEGV_ACCERR")
+    write = bool(access & PROT_WRITE) or (wire and bool(e.prot & PROT_WRITE))
+
+    if e.needs_copy and write:
+        assert e.obj is not None
+        if e.obj.ref_count == 1:
+            e.needs_copy = False  # nobody else sees the object: no copy needed
+        else:
+            if not k.pool_room(objects=1):
+                raise _NeedMemory
+            e.obj = vm_object.shadow(k, e.obj, e.offset >> PAGE_SHIFT, e.npages)
+            e.offset = 0
+            e.needs_copy = False
+    if e.obj is None:
+        if not write and not wire:
+            return None
+        if not k.pool_room(objects=1):
+            raise _NeedMemory
+        e.obj = vm_object.allocate(k, e.npages)
+        e.offset = 0
+
+    top = e.obj
+    pindex = e.pindex(va)
+    o, pi, page, slot = vm_object.lookup(top, pindex)
+    if page is not None and page.busy:
+        page.wanted = True
+        k.page_cv.wait()
+        raise _Retry
+    if slot is not None:
+        pagein(k, o, pi, slot)
+        raise _Retry
+    if page is None:
+        if not write and not wire:
+            return None
+        page = _alloc(k, top, pindex)
+        hypercall.page_zero(page.addr)
+        k.uvmexp.zerofills += 1
+    elif page.obj is not top and write:
+        src = page
+        page = _alloc(k, top, pindex)
+        hypercall.page_copy(page.addr, src.addr)
+        # Other maps may read the old page through this object: they must
+        # now see the copy, so drop every translation of the source.
+        page_remove_all(src)
+        k.uvmexp.cowfaults += 1
+
+    vpn = va >> PAGE_SHIFT
+    writable = bool(e.prot & PROT_WRITE) and not e.needs_copy and page.obj is top
+    vmap.pmap.enter(vpn, page, writable)
+    page.referenced = True
+    if wire and vmap.wired.get(vpn) is not page:
+        vmap.wired[vpn] = page
+        k.queues.wire(page)
+    return page
+
+
+def pagein(k: "Kernel", obj: "VMObject", pindex: int, slot: int) -> None:
+    """Read a swapped page back into `obj` at `pindex`.  The page is busy and
+    the lock dropped during the read; a checksum failure raises EIO and
+    leaves the slot in place (so the page stays unreadable, not wrong)."""
+    page = _alloc(k, obj, pindex)
+    page.busy = page.fake = True
+    obj.pip += 1
+    k.lock.release()
+    err: OSError | None = None
+    try:
+        k.swap.read(slot, page.addr)  # type: ignore[union-attr]
+    except OSError as ex:
+        err = ex
+    finally:
+        k.lock.acquire()
+    obj.pip -= 1
+    page.busy = page.fake = False
+    if page.wanted:
+        page.wanted = False
+        k.page_cv.notify_all()
+    if page.released or err is not None:
+        k.page_free(page)
+        if err is not None and not page.released:
+            raise err
+        return
+    page.dirty = False  # the swap copy is valid until the page is written
+    k.uvmexp.pageins += 1
+
+
+def wire_range(k: "Kernel", vmap: "VMMap", start: int, end: int, access: int) -> None:
+    """Fault in and wire every page of [start, end) (vm_fault_wire)."""
+    for va in range(start, end, 1 << PAGE_SHIFT):
+        vm_fault(k, vmap, va, access, wire=True)

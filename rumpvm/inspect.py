@@ -1,0 +1,212 @@
+"""The inspection API: frozen records of the kernel's state, and
+side-effect-free reads of memory (docs/inspection-api.md).
+
+Nothing here allocates a page, pages anything in, sets a referenced bit or
+moves a page between queues: /vm must never change what it shows.  A page
+that is swapped out is read from the swap file into a temporary buffer (and
+its checksum verified); a page never written reads as zeros.
+
+Lock: the caller holds the kernel lock.  The swap read of `peek_*` happens
+with the lock held — it is a single-page pread and keeps the state stable
+for the whole read.  XXX: a long peek of swapped memory therefore stalls
+other threads for its I/O; acceptable for an inspection path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import object as vm_object
+from .constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
+from .errors import SegmentationFault
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+    from .map import VMMap, VMMapEntry
+    from .object import VMObject
+
+
+@dataclass(frozen=True, slots=True)
+class MapEntry:
+    start: int
+    end: int
+    prot: int
+    max_prot: int
+    inheritance: int
+    shared: bool
+    wired: bool
+    object: int | None
+    offset: int
+    advice: int
+    needs_copy: bool = False
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SmapsInfo:
+    entry: MapEntry
+    rss: int
+    pss: int
+    swap: int
+    locked: int
+    referenced: int
+    anonymous: int
+    shared_clean: int
+    shared_dirty: int
+    private_clean: int
+    private_dirty: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProcStatus:
+    name: str
+    state: str
+    pid: int
+    ppid: int
+    vm_size: int
+    vm_rss: int
+    vm_swap: int
+    vm_lck: int
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    id: int
+    type: str
+    size: int
+    refs: int
+    resident: int
+    swapped: int
+    shadow: int | None
+    backing_offset: int
+    shadow_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class SwapInfo:
+    path: str
+    type: str
+    size: int
+    used: int
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class KmemMapInfo:
+    name: str
+    start: int
+    end: int
+    size: int
+    entries: list[MapEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolInfo:
+    name: str
+    size: int
+    inuse: int
+    npages: int
+    nget: int
+    nput: int
+
+
+def entry_record(e: "VMMapEntry") -> MapEntry:
+    return MapEntry(e.start, e.end, e.prot, e.max_prot, e.inheritance, e.shared, bool(e.wired_count),
+                    e.obj.id if e.obj is not None else None, e.offset, e.advice, e.needs_copy, e.name)
+
+
+def object_record(o: "VMObject") -> ObjectInfo:
+    return ObjectInfo(o.id, o.type, o.size << PAGE_SHIFT, o.ref_count, len(o.pages), len(o.swap),
+                      o.backing.id if o.backing is not None else None, o.backing_offset << PAGE_SHIFT,
+                      len(o.shadows))
+
+
+def smaps_record(k: "Kernel", vmap: "VMMap", e: "VMMapEntry") -> SmapsInfo:
+    """Per-entry memory use, counted from the pmap and the object chain."""
+    rss = pss = swap = ref = anon = sc = sd = pc = pd = 0
+    rd = vmap.pmap.rd
+    for vpn in vmap.pmap.vpns_in(e.start >> PAGE_SHIFT, e.end >> PAGE_SHIFT):
+        rss, pss, ref, anon, sc, sd, pc, pd = _count(rd[vpn], rss, pss, ref, anon, sc, sd, pc, pd)
+    if e.obj is not None:
+        first, last = e.pindex(e.start), e.pindex(e.end)
+        o, off = e.obj, 0
+        seen: set[int] = set()
+        while o is not None:
+            for pindex in o.swap:
+                p = pindex - off
+                if first <= p < last and p not in seen and (o is e.obj or p not in e.obj.pages):
+                    seen.add(p)
+            off += o.backing_offset
+            o = o.backing
+        swap = len(seen) * PAGE_SIZE
+    locked = rss if e.wired_count else 0
+    return SmapsInfo(entry_record(e), rss, pss, swap, locked, ref, anon, sc, sd, pc, pd)
+
+
+def _count(page, rss, pss, ref, anon, sc, sd, pc, pd):  # type: ignore[no-untyped-def]
+    n = len(page.pv) or 1
+    rss += PAGE_SIZE
+    pss += PAGE_SIZE // n
+    anon += PAGE_SIZE
+    if page.referenced:
+        ref += PAGE_SIZE
+    if n > 1:
+        sd, sc = (sd + PAGE_SIZE, sc) if page.dirty else (sd, sc + PAGE_SIZE)
+    else:
+        pd, pc = (pd + PAGE_SIZE, pc) if page.dirty else (pd, pc + PAGE_SIZE)
+    return rss, pss, ref, anon, sc, sd, pc, pd
+
+
+def _object_page_bytes(k: "Kernel", obj: "VMObject", pindex: int) -> bytes | None:
+    """The bytes of page `pindex` as seen through `obj`'s chain (None: zeros)."""
+    _, _, page, slot = vm_object.lookup(obj, pindex)
+    if page is not None:
+        return page.buf[page.off:page.off + PAGE_SIZE].tobytes()
+    if slot is not None:
+        assert k.swap is not None
+        return k.swap.peek(slot)
+    return None
+
+
+def peek_map(k: "Kernel", vmap: "VMMap", addr: int, length: int) -> bytes:
+    """Bytes of [addr, addr+length) up to the first unmapped page, ignoring
+    protection.  SegmentationFault if `addr` itself is unmapped."""
+    from .fault import resolve
+    out = bytearray()
+    va, end = addr, addr + length
+    while va < end:
+        m, e = resolve(vmap, va)
+        if e is None:
+            if va == addr:
+                raise SegmentationFault(va, 1, "SEGV_MAPERR")
+            break
+        stop = min(end, e.end)
+        while va < stop:
+            off = va & PAGE_MASK
+            n = min(PAGE_SIZE - off, stop - va)
+            data = None
+            page = m.pmap.rd.get(va >> PAGE_SHIFT)
+            if page is not None:
+                data = page.buf[page.off + off:page.off + off + n]
+            elif e.obj is not None:
+                full = _object_page_bytes(k, e.obj, e.pindex(va))
+                data = full[off:off + n] if full is not None else None
+            out += data if data is not None else bytes(n)
+            va += n
+    return bytes(out)
+
+
+def peek_object(k: "Kernel", obj: "VMObject", offset: int, length: int) -> bytes:
+    """Bytes of an object by offset through its chain; short at its end."""
+    size = obj.size << PAGE_SHIFT
+    end = min(size, offset + length)
+    out = bytearray()
+    pos = offset
+    while pos < end:
+        off = pos & PAGE_MASK
+        n = min(PAGE_SIZE - off, end - pos)
+        full = _object_page_bytes(k, obj, pos >> PAGE_SHIFT)
+        out += full[off:off + n] if full is not None else bytes(n)
+        pos += n
+    return bytes(out)

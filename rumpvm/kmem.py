@@ -1,0 +1,217 @@
+"""Kernel memory: kernel_map, its submaps, and the kmem_* allocators
+(after FreeBSD's vm_kern.c and the rump kernel's uvm_km_alloc).
+
+`kernel_map` covers [VM_MIN_KERNEL_ADDRESS, VM_MAX_KERNEL_ADDRESS) and shares
+one pmap with its submaps (`kmem_suballoc` carves a range of the parent and
+returns a real VMMap over it).  Every kernel allocation maps
+`kernel_object` at offset `addr - VM_MIN_KERNEL_ADDRESS`, so the pages of a
+kernel range are found by address.
+
+  kmem_alloc            wired, zeroed pages; waits for memory
+  kmem_alloc_pageable   address space only; pages come on fault, pageable
+  kmem_free             unmap and free the pages
+  kmem_malloc           kmem_alloc in a submap; no-wait failure frees what
+                        it took and returns 0
+  kmem_alloc_wait       pageable space; sleeps until kmem_free_wakeup frees
+                        space in that map
+  uvm_km_alloc          host memory straight from an aligned anonmmap,
+                        charged to the limit (the rump approach)
+  pagermapin/out        map pages contiguously into pager_map for I/O
+
+Lock: the kernel lock, taken by each function here (these are entry points).
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING, Sequence
+
+import hypercall
+
+from .constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PROT_ALL, PROT_READ, PROT_WRITE, VM_MIN_KERNEL_ADDRESS
+from .errors import OutOfMemory, VMError
+from .fault import vm_fault
+from .map import VMMap, VMMapEntry
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+    from .page import VMPage
+
+
+def _round(size: int) -> int:
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError("size must be int")
+    if size <= 0:
+        raise VMError(errno.EINVAL, f"bad size {size}")
+    return (size + PAGE_MASK) & ~PAGE_MASK
+
+
+class Kmem:
+    def __init__(self, k: "Kernel", kernel_map: VMMap) -> None:
+        self.k = k
+        self.kernel_map = kernel_map
+        self.submaps: list[VMMap] = []
+        self.km_arenas: dict[int, hypercall.Arena] = {}
+
+    # -- address space -----------------------------------------------------------
+
+    def _insert(self, vmap: VMMap, size: int, name: str) -> VMMapEntry | None:
+        """Map kernel_object over a free range of `vmap`; None if no space."""
+        k = self.k
+        addr = vmap.find_space(vmap.min, size)
+        if addr is None:
+            return None
+        obj = k.kernel_object
+        obj.ref_count += 1
+        e = VMMapEntry(addr, addr + size, obj, addr - VM_MIN_KERNEL_ADDRESS,
+                       PROT_READ | PROT_WRITE, PROT_ALL, name=name)
+        vmap.insert(e)
+        return e
+
+    def suballoc(self, parent: VMMap, size: int, name: str) -> VMMap:
+        """kmem_suballoc: a submap of `size` bytes carved from `parent`."""
+        k = self.k
+        size = _round(size)
+        with k.lock:
+            k.pool_prime(entries=1)
+            addr = parent.find_space(parent.min, size)
+            if addr is None:
+                raise VMError(errno.ENOMEM, f"no space for submap {name}")
+            sub = VMMap(k, addr, addr + size, name, pmap=parent.pmap)
+            e = VMMapEntry(addr, addr + size, None, 0, PROT_READ | PROT_WRITE, PROT_ALL, name=name)
+            e.submap = sub
+            parent.insert(e)
+            self.submaps.append(sub)
+            return sub
+
+    # -- allocation ----------------------------------------------------------------
+
+    def alloc(self, vmap: VMMap, size: int, name: str = "kmem", wait: bool = True) -> int:
+        """kmem_alloc: wired zeroed memory; returns its address, or 0 when
+        `wait` is False and memory or space ran out (nothing kept)."""
+        k = self.k
+        size = _round(size)
+        with k.lock:
+            if wait:
+                k.pool_prime(entries=1)
+            elif not k.pool_room(entries=1):
+                return 0
+            e = self._insert(vmap, size, name)
+            if e is None:
+                if wait:
+                    raise VMError(errno.ENOMEM, f"{vmap.name}: no space for {size} bytes")
+                return 0
+            e.wired_count = 1
+            addr = e.start
+            try:
+                for va in range(addr, addr + size, PAGE_SIZE):
+                    vm_fault(k, vmap, va, PROT_WRITE, wire=True, nowait=not wait)
+            except OutOfMemory:
+                vmap.delete(addr, addr + size)
+                if wait:
+                    raise
+                return 0
+            return addr
+
+    def alloc_pageable(self, vmap: VMMap, size: int, name: str = "pageable") -> int:
+        k = self.k
+        size = _round(size)
+        with k.lock:
+            k.pool_prime(entries=1)
+            e = self._insert(vmap, size, name)
+            if e is None:
+                raise VMError(errno.ENOMEM, f"{vmap.name}: no space for {size} bytes")
+            return e.start
+
+    def free(self, vmap: VMMap, addr: int, size: int) -> None:
+        """kmem_free: unmap [addr, addr+size) and free its pages."""
+        k = self.k
+        size = _round(size)
+        with k.lock:
+            if addr & PAGE_MASK or vmap.first_hole(addr, addr + size) is not None:
+                raise VMError(errno.EINVAL, f"{vmap.name}: {addr:#x}+{size:#x} is not allocated")
+            vmap.delete(addr, addr + size)
+
+    def malloc(self, vmap: VMMap, size: int, wait: bool) -> int:
+        """kmem_malloc: like alloc; with wait False a failure returns 0."""
+        return self.alloc(vmap, size, "malloc", wait)
+
+    def alloc_wait(self, vmap: VMMap, size: int) -> int:
+        """kmem_alloc_wait: pageable space, sleeping until some is freed."""
+        k = self.k
+        size = _round(size)
+        if size > vmap.max - vmap.min:
+            raise VMError(errno.ENOMEM, f"{size} bytes can never fit in {vmap.name}")
+        with k.lock:
+            while True:
+                k.pool_prime(entries=1)
+                e = self._insert(vmap, size, "wait")
+                if e is not None:
+                    return e.start
+                vmap.space_cv.wait()
+
+    def free_wakeup(self, vmap: VMMap, addr: int, size: int) -> None:
+        """kmem_free_wakeup: free and wake sleepers of kmem_alloc_wait."""
+        self.free(vmap, addr, size)  # map deletion notifies space_cv
+
+    # -- host-direct allocations (rump's uvm_km_alloc) ---------------------------------
+
+    def km_alloc(self, size: int, align: int = PAGE_SIZE, wait: bool = True) -> int:
+        """uvm_km_alloc: `size` bytes aligned to `align` (a power of two) from
+        an aligned host anonmmap, charged to the memory limit."""
+        k = self.k
+        size = _round(size)
+        if isinstance(align, bool) or not isinstance(align, int) or align <= 0 or align & (align - 1):
+            raise VMError(errno.EINVAL, f"alignment {align!r} is not a power of two")
+        with k.lock:
+            deadline = None
+            while not k.physmem.charge(size):
+                if not wait:
+                    return 0
+                deadline = k.memwait(deadline)
+            try:
+                arena = hypercall.anonmmap(size, align.bit_length() - 1)
+            except OSError:
+                k.physmem.uncharge(size)
+                raise
+            self.km_arenas[arena.addr] = arena
+            return arena.addr
+
+    def km_free(self, addr: int) -> None:
+        k = self.k
+        with k.lock:
+            arena = self.km_arenas.pop(addr, None)
+            if arena is None:
+                raise VMError(errno.EINVAL, f"{addr:#x} is not a uvm_km_alloc allocation")
+            hypercall.unmap(arena)
+            k.physmem.uncharge(arena.size)
+            k.mem_cv.notify_all()
+
+    # -- pager map ------------------------------------------------------------------
+
+    def pagermapin(self, pages: Sequence["VMPage"]) -> int:
+        """Map `pages` contiguously into pager_map; returns the address."""
+        k = self.k
+        vmap = k.pager_map
+        size = len(pages) * PAGE_SIZE
+        with k.lock:
+            k.pool_prime(entries=1)
+            addr = vmap.find_space(vmap.min, size)
+            while addr is None:
+                vmap.space_cv.wait()
+                k.pool_prime(entries=1)
+                addr = vmap.find_space(vmap.min, size)
+            vmap.insert(VMMapEntry(addr, addr + size, None, 0, PROT_READ | PROT_WRITE, PROT_ALL, name="pager"))
+            for i, page in enumerate(pages):
+                vmap.pmap.enter((addr >> PAGE_SHIFT) + i, page, True)
+            return addr
+
+    def pagermapout(self, addr: int, npages: int) -> None:
+        k = self.k
+        with k.lock:
+            k.pager_map.delete(addr, addr + npages * PAGE_SIZE)
+
+    def close(self) -> None:
+        for arena in self.km_arenas.values():
+            hypercall.unmap(arena)
+        self.km_arenas.clear()

@@ -1,0 +1,309 @@
+"""vm_map: address maps and their entries (after FreeBSD's vm_map.c).
+
+A map is a set of non-overlapping entries in [min, max), indexed by an
+`EntryTree` (O(log n) lookup and first-fit findspace).  Each entry maps
+[start, end) to an object at `offset` (bytes) with a protection, a maximum
+protection, an inheritance, advice and a wiring count; `obj` is None for
+anonymous memory not yet touched (the object is created on first fault).
+A copy-on-write entry has `needs_copy` set until its first write shadows
+the object.  A submap entry (`submap` set) delegates its range to another
+map (kernel only).
+
+Operations work on ranges by clipping entries to the range boundaries
+(`clip_start`/`clip_end`), changing the entries inside, and re-merging
+neighbours that became identical (`simplify_entry`).  Each public operation
+checks the whole range first and changes nothing on failure.
+
+Lock: the kernel lock (held by every caller; "the map must be locked").
+Invariants (checked by Kernel.check): entries ordered, non-overlapping,
+inside [min, max); `size` is the sum of entry sizes; prot <= max_prot;
+pmap translations only where the entry allows the access.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from typing import TYPE_CHECKING, Iterator
+
+from . import object as vm_object
+from .constants import (INHERIT_COPY, INHERIT_NONE, INHERIT_SHARE, MADV_NORMAL,
+                        PAGE_SHIFT, PAGE_SIZE, PROT_ALL, PROT_READ, PROT_WRITE)
+from .errors import VMError
+from .map_tree import EntryTree, TreeNode
+from .pmap import Pmap
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+    from .object import VMObject
+    from .page import VMPage
+
+
+class VMMapEntry(TreeNode):
+    __slots__ = ("obj", "offset", "prot", "max_prot", "inheritance", "needs_copy",
+                 "shared", "wired_count", "advice", "submap", "name", "nocore", "nosync")
+
+    def __init__(self, start: int, end: int, obj: "VMObject | None" = None, offset: int = 0,
+                 prot: int = PROT_READ | PROT_WRITE, max_prot: int = PROT_ALL,
+                 inheritance: int = INHERIT_COPY, shared: bool = False, name: str = "") -> None:
+        super().__init__(start, end)
+        self.obj = obj
+        self.offset = offset
+        self.prot = prot
+        self.max_prot = max_prot
+        self.inheritance = inheritance
+        self.needs_copy = False
+        self.shared = shared
+        self.wired_count = 0
+        self.advice = MADV_NORMAL
+        self.submap: VMMap | None = None
+        self.name = name
+        self.nocore = False
+        self.nosync = False
+
+    @property
+    def npages(self) -> int:
+        return (self.end - self.start) >> PAGE_SHIFT
+
+    def pindex(self, va: int) -> int:
+        return (va - self.start + self.offset) >> PAGE_SHIFT
+
+    def same_attrs(self, other: "VMMapEntry") -> bool:
+        return (self.prot == other.prot and self.max_prot == other.max_prot
+                and self.inheritance == other.inheritance and self.needs_copy == other.needs_copy
+                and self.shared == other.shared and self.wired_count == other.wired_count
+                and self.advice == other.advice and self.name == other.name
+                and self.nocore == other.nocore and self.nosync == other.nosync
+                and self.submap is None and other.submap is None)
+
+    def __repr__(self) -> str:
+        oid = self.obj.id if self.obj is not None else None
+        return (f"<entry {self.start:#x}-{self.end:#x} prot={self.prot} obj={oid}"
+                f" off={self.offset:#x}{' nc' if self.needs_copy else ''}>")
+
+
+class VMMap:
+    """An address map: the entry tree, its pmap, and its bounds."""
+
+    def __init__(self, kernel: "Kernel", min_addr: int, max_addr: int, name: str = "",
+                 pmap: Pmap | None = None) -> None:
+        self.kernel = kernel
+        self.min = min_addr
+        self.max = max_addr
+        self.name = name
+        self.header = VMMapEntry(min_addr, min_addr)
+        self.tree = EntryTree(self.header, max_addr)
+        self.pmap = pmap if pmap is not None else Pmap()
+        self.size = 0
+        self.user = min_addr < 1 << 47
+        # Pages held wired by wired entries, by vpn (vm_fault_unwire's
+        # pmap_extract, kept explicitly so protection changes cannot lose them).
+        self.wired: dict[int, "VMPage"] = {}
+        # Sleepers in kmem_alloc_wait wait here for kmem_free_wakeup.
+        self.space_cv = threading.Condition(kernel.lock)
+
+    # -- lookup ---------------------------------------------------------------
+
+    def lookup_entry(self, addr: int) -> tuple[bool, VMMapEntry]:
+        """(True, entry containing addr) or (False, entry before addr / header)."""
+        e = self.tree.lookup(addr)
+        return (e is not self.header and addr < e.end), e  # type: ignore[return-value]
+
+    def entries(self) -> Iterator[VMMapEntry]:
+        return iter(self.tree)  # type: ignore[arg-type]
+
+    def entries_in(self, start: int, end: int) -> list[VMMapEntry]:
+        """Entries intersecting [start, end), in order (a snapshot list)."""
+        found, e = self.lookup_entry(start)
+        if not found:
+            e = e.next  # type: ignore[assignment]
+        out = []
+        while e is not self.header and e.start < end:
+            out.append(e)
+            e = e.next  # type: ignore[assignment]
+        return out
+
+    def first_hole(self, start: int, end: int) -> int | None:
+        """The first address in [start, end) that no entry maps, else None."""
+        addr = start
+        for e in self.entries_in(start, end):
+            if e.start > addr:
+                return addr
+            addr = e.end
+        return addr if addr < end else None
+
+    def require_mapped(self, start: int, end: int) -> list[VMMapEntry]:
+        """The entries of [start, end), or ENOMEM if any part is unmapped."""
+        hole = self.first_hole(start, end)
+        if hole is not None:
+            raise VMError(errno.ENOMEM, f"range {start:#x}-{end:#x} not mapped at {hole:#x}")
+        return self.entries_in(start, end)
+
+    def check_protection(self, start: int, end: int, prot: int) -> bool:
+        """True if all of [start, end) is mapped with at least `prot`."""
+        if self.first_hole(start, end) is not None:
+            return False
+        return all(e.prot & prot == prot for e in self.entries_in(start, end))
+
+    def find_space(self, hint: int, length: int, align: int = PAGE_SIZE) -> int | None:
+        hint = max(hint, self.min)
+        addr = self.tree.find_space(hint, length, align)
+        if addr is None or addr + length > self.max:
+            return None
+        return addr
+
+    # -- entry surgery ----------------------------------------------------------
+
+    def insert(self, entry: VMMapEntry) -> VMMapEntry:
+        """Link `entry` into a free range (the caller checked it is free and
+        primed the entry pool).  Returns the entry after simplification."""
+        self.kernel.pooltab["vm_map_entry"].get()
+        prev = self.tree.lookup(entry.start)
+        self.tree.insert_after(prev, entry)
+        self.size += entry.end - entry.start
+        return self.simplify_entry(entry)
+
+    def _unlink(self, entry: VMMapEntry) -> None:
+        self.tree.remove(entry)
+        self.size -= entry.end - entry.start
+        self.kernel.pooltab["vm_map_entry"].put()
+
+    def _split(self, entry: VMMapEntry, at: int) -> VMMapEntry:
+        """A copy of `entry` for [at, entry.end) (not linked)."""
+        new = VMMapEntry(at, entry.end, entry.obj, entry.offset + (at - entry.start), entry.prot,
+                         entry.max_prot, entry.inheritance, entry.shared, entry.name)
+        new.needs_copy = entry.needs_copy
+        new.wired_count = entry.wired_count
+        new.advice = entry.advice
+        new.submap = entry.submap
+        new.nocore = entry.nocore
+        new.nosync = entry.nosync
+        if entry.obj is not None:
+            entry.obj.ref_count += 1
+        return new
+
+    def clip_start(self, entry: VMMapEntry, addr: int) -> None:
+        """Make `entry` begin at `addr`, the part before becoming its own entry."""
+        if addr <= entry.start:
+            return
+        front = self._split(entry, entry.start)
+        front.end = addr
+        entry.offset += addr - entry.start
+        entry.start = addr
+        self.kernel.pooltab["vm_map_entry"].get()
+        self.tree.insert_after(entry.prev, front)  # type: ignore[arg-type]
+        self.tree.bounds_changed(entry)
+
+    def clip_end(self, entry: VMMapEntry, addr: int) -> None:
+        """Make `entry` end at `addr`, the part after becoming its own entry."""
+        if addr >= entry.end:
+            return
+        back = self._split(entry, addr)
+        entry.end = addr
+        self.kernel.pooltab["vm_map_entry"].get()
+        self.tree.insert_after(entry, back)
+
+    def clip_range(self, start: int, end: int) -> list[VMMapEntry]:
+        """Clip the entries of [start, end) to exactly that range; return them."""
+        ents = self.entries_in(start, end)
+        if ents:
+            self.clip_start(ents[0], start)
+            self.clip_end(ents[-1], end)
+        return ents
+
+    def simplify_entry(self, entry: VMMapEntry) -> VMMapEntry:
+        """Merge `entry` with neighbours that map contiguously with identical
+        attributes.  Returns the surviving entry."""
+        for neighbour in (entry.prev, entry.next):
+            if neighbour is self.header:
+                continue
+            lo, hi = (neighbour, entry) if neighbour is entry.prev else (entry, neighbour)
+            if lo.end != hi.start or lo.obj is not hi.obj or not lo.same_attrs(hi):  # type: ignore[union-attr]
+                continue
+            if lo.obj is not None and lo.offset + (lo.end - lo.start) != hi.offset:  # type: ignore[union-attr]
+                continue
+            # Keep `entry`, absorb the neighbour.
+            self._unlink(neighbour)  # type: ignore[arg-type]
+            if neighbour is lo:
+                entry.offset = lo.offset  # type: ignore[union-attr]
+                entry.start = lo.start
+            else:
+                entry.end = hi.end
+            self.tree.bounds_changed(entry)
+            self.size += neighbour.end - neighbour.start
+            if entry.obj is not None:
+                vm_object.deallocate(self.kernel, entry.obj)
+        return entry
+
+    def simplify_range(self, start: int, end: int) -> None:
+        for e in self.entries_in(max(self.min, start - 1), min(self.max, end + 1)):
+            if e.next is not e:  # not already merged away
+                self.simplify_entry(e)
+
+    # -- range operations (callers validated arguments) -----------------------
+
+    def delete(self, start: int, end: int) -> None:
+        """Remove all mappings in [start, end) (holes allowed)."""
+        k = self.kernel
+        for e in self.clip_range(start, end):
+            if e.wired_count:
+                self._unwire_pages(e)
+            self.pmap.remove(e.start >> PAGE_SHIFT, e.end >> PAGE_SHIFT)
+            self._unlink(e)
+            if e.submap is not None:
+                e.submap.destroy()
+            if e.obj is not None and e.obj is k.kernel_object:
+                vm_object.page_remove(k, e.obj, e.pindex(e.start), e.pindex(e.end))
+            vm_object.deallocate(k, e.obj)
+        self.space_cv.notify_all()
+        k.mem_cv.notify_all()
+
+    def destroy(self) -> None:
+        self.delete(self.min, self.max)
+
+    def protect(self, start: int, end: int, prot: int, set_max: bool) -> None:
+        """mprotect: check every entry first (ENOMEM hole, EACCES beyond max),
+        then apply."""
+        ents = self.require_mapped(start, end)
+        for e in ents:
+            if e.submap is not None:
+                raise VMError(errno.EINVAL, "cannot protect a submap")
+            if prot & ~e.max_prot:
+                raise VMError(errno.EACCES, f"prot {prot:#x} exceeds max protection {e.max_prot:#x}"
+                              f" at {max(start, e.start):#x}")
+        for e in self.clip_range(start, end):
+            old = e.prot
+            if set_max:
+                e.max_prot = prot
+                e.prot &= prot
+            else:
+                e.prot = prot
+            if e.prot != old:
+                self.pmap.protect(e.start >> PAGE_SHIFT, e.end >> PAGE_SHIFT,
+                                  bool(e.prot & PROT_READ), bool(e.prot & PROT_WRITE))
+        self.simplify_range(start, end)
+
+    def set_inheritance(self, start: int, end: int, inheritance: int) -> None:
+        self.require_mapped(start, end)
+        for e in self.clip_range(start, end):
+            e.inheritance = inheritance
+        self.simplify_range(start, end)
+
+    def set_attr(self, start: int, end: int, **attrs: object) -> None:
+        """Set entry attributes (advice, nocore, nosync) over a mapped range."""
+        self.require_mapped(start, end)
+        for e in self.clip_range(start, end):
+            for name, value in attrs.items():
+                setattr(e, name, value)
+        self.simplify_range(start, end)
+
+    def _unwire_pages(self, e: VMMapEntry) -> None:
+        """Unwire the pages a wired entry holds (recorded in `wired`)."""
+        k = self.kernel
+        for vpn in range(e.start >> PAGE_SHIFT, e.end >> PAGE_SHIFT):
+            page = self.wired.pop(vpn, None)
+            if page is not None:
+                k.queues.unwire(page)
+        if self.user:
+            k.wired_user_pages -= e.npages
+        e.wired_count = 0

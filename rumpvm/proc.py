@@ -1,0 +1,354 @@
+"""Processes: the user-level API of an address space, and the process glue
+of NetBSD's uvm_glue.c (fork/exit, u-areas and their cache).
+
+A `Proc` owns a vmspace (a VMMap) and a u-area (USPACE bytes of wired kernel
+memory, from a cache of at most UAREA_CACHE entries, as uvm_uarea_alloc
+keeps).  Every public method validates its arguments completely (TypeError
+for non-int, EINVAL for bad values) before taking the kernel lock, then
+checks the map, then changes it: a failing call changes nothing.
+
+Lock: each public method takes the kernel lock for its whole duration
+(sleeps inside drop it, see fault.py).
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING
+
+from . import object as vm_object
+from .constants import (INHERIT_COPY, INHERIT_SHARE, INHERIT_VALID, MADV_AUTOSYNC, MADV_CORE,
+                        MADV_DONTNEED, MADV_FREE, MADV_NOCORE, MADV_NOSYNC, MADV_NORMAL,
+                        MADV_RANDOM, MADV_SEQUENTIAL, MADV_VALID, MADV_WILLNEED, MAP_ANON,
+                        MAP_FIXED, MAP_FLAGS_VALID, MAP_PRIVATE, MAP_SHARED, PAGE_MASK,
+                        PAGE_SHIFT, PAGE_SIZE, PROT_ALL, PROT_READ, PROT_WRITE,
+                        VM_MAXUSER_ADDRESS, VM_MIN_ADDRESS)
+from .errors import VMError, einval
+from .fault import vm_fault, wire_range
+from .inspect import MapEntry, ProcStatus, SmapsInfo, entry_record, smaps_record
+from .map import VMMap, VMMapEntry
+from .page import INACTIVE
+from .uio import vm_read, vm_write
+from .vmspace import vmspace_fork
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+    from .object import VMObject
+
+USPACE = 2 * PAGE_SIZE
+UAREA_CACHE = 16
+
+
+def _int(name: str, v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be int, not {type(v).__name__}")
+    return v
+
+
+def _range(addr: object, length: object) -> tuple[int, int]:
+    """Validate a user range: aligned start, positive length, no overflow."""
+    a = _int("addr", addr)
+    n = _int("length", length)
+    if a & PAGE_MASK:
+        raise einval(f"address {a:#x} is not page aligned")
+    if n <= 0:
+        raise einval(f"length {n} must be positive")
+    end = a + ((n + PAGE_MASK) & ~PAGE_MASK)
+    if a < VM_MIN_ADDRESS or end > VM_MAXUSER_ADDRESS:
+        raise einval(f"range {a:#x}+{n:#x} is outside the user address space")
+    return a, end
+
+
+def _prot(prot: object) -> int:
+    p = _int("prot", prot)
+    if p & ~PROT_ALL or p < 0:
+        raise einval(f"bad protection {p:#x}")
+    return p
+
+
+class Proc:
+    """A process: an address space plus its u-area.  See DESIGN.md."""
+
+    def __init__(self, k: "Kernel", pid: int, ppid: int, name: str, vmspace: VMMap, uarea: int) -> None:
+        self.kernel = k
+        self.pid = pid
+        self.ppid = ppid
+        self.name = name
+        self.vmspace = vmspace
+        self.uarea = uarea
+        self.alive = True
+
+    def __repr__(self) -> str:
+        return f"<Proc {self.pid} {self.name!r}{'' if self.alive else ' exited'}>"
+
+    @property
+    def state(self) -> str:
+        return "R (running)" if self.alive else "Z (zombie)"
+
+    def _live(self) -> VMMap:
+        if not self.alive:
+            raise VMError(errno.ESRCH, f"process {self.pid} has exited")
+        return self.vmspace
+
+    # -- mappings ---------------------------------------------------------------
+
+    def mmap(self, length: int, prot: int = PROT_READ | PROT_WRITE, flags: int = MAP_PRIVATE | MAP_ANON,
+             addr: int = 0, obj: "VMObject | None" = None, offset: int = 0) -> int:
+        """Map `length` bytes; returns the address.  See DESIGN.md for flags."""
+        n = _int("length", length)
+        p = _prot(prot)
+        f = _int("flags", flags)
+        a = _int("addr", addr)
+        off = _int("offset", offset)
+        if n <= 0:
+            raise einval(f"length {n} must be positive")
+        if f & ~MAP_FLAGS_VALID or bool(f & MAP_SHARED) == bool(f & MAP_PRIVATE):
+            raise einval(f"bad flags {f:#x}: need exactly one of MAP_SHARED, MAP_PRIVATE")
+        if (obj is None) != bool(f & MAP_ANON):
+            raise einval("MAP_ANON goes with no object, and an object without MAP_ANON")
+        if a & PAGE_MASK or off & PAGE_MASK or off < 0 or a < 0:
+            raise einval("addr and offset must be page aligned and non-negative")
+        size = (n + PAGE_MASK) & ~PAGE_MASK
+        if f & MAP_FIXED:
+            _range(a, size)
+        elif a + size > VM_MAXUSER_ADDRESS:
+            a = 0
+        if obj is not None:
+            from .object import VMObject
+            if not isinstance(obj, VMObject):
+                raise TypeError("obj must come from Kernel.create_object")
+            if obj.dead:
+                raise VMError(errno.EBADF, f"object {obj.id} is gone")
+            if off + size > obj.size << PAGE_SHIFT:
+                raise einval(f"offset {off:#x}+{size:#x} beyond the object's {obj.size << PAGE_SHIFT:#x} bytes")
+        k = self.kernel
+        with k.lock:
+            vmap = self._live()
+            k.pool_prime(entries=3, objects=1)
+            if f & MAP_FIXED:
+                start = a
+            else:
+                found = vmap.find_space(max(a, VM_MIN_ADDRESS), size)
+                if found is None and a:
+                    found = vmap.find_space(VM_MIN_ADDRESS, size)
+                if found is None:
+                    raise VMError(errno.ENOMEM, f"no {size:#x}-byte hole in the address space")
+                start = a = found
+            shared = bool(f & MAP_SHARED)
+            if obj is None and shared:
+                target = vm_object.allocate(k, size >> PAGE_SHIFT)
+            else:
+                target = obj
+                if target is not None:
+                    target.ref_count += 1
+            if f & MAP_FIXED:
+                vmap.delete(start, start + size)
+            e = VMMapEntry(start, start + size, target, off if obj is not None else 0, p, PROT_ALL,
+                           INHERIT_SHARE if shared else INHERIT_COPY, shared)
+            e.needs_copy = target is not None and not shared
+            vmap.insert(e)
+            return start
+
+    def munmap(self, addr: int, length: int) -> None:
+        start, end = _range(addr, length)
+        with self.kernel.lock:
+            self._live().delete(start, end)
+
+    def mprotect(self, addr: int, length: int, prot: int) -> None:
+        start, end = _range(addr, length)
+        p = _prot(prot)
+        with self.kernel.lock:
+            self._live().protect(start, end, p, set_max=False)
+
+    def minherit(self, addr: int, length: int, inheritance: int) -> None:
+        start, end = _range(addr, length)
+        inh = _int("inheritance", inheritance)
+        if inh not in INHERIT_VALID:
+            raise einval(f"bad inheritance {inh}")
+        with self.kernel.lock:
+            self.kernel.pool_prime(entries=2)
+            self._live().set_inheritance(start, end, inh)
+
+    def madvise(self, addr: int, length: int, advice: int) -> None:
+        """madvise.  MADV_DONTNEED deactivates (BSD: data kept); MADV_FREE
+        discards the private pages of the range (they read back as zeros)."""
+        start, end = _range(addr, length)
+        adv = _int("advice", advice)
+        if adv not in MADV_VALID:
+            raise einval(f"bad advice {adv}")
+        k = self.kernel
+        with k.lock:
+            vmap = self._live()
+            k.pool_prime(entries=2)
+            ents = vmap.require_mapped(start, end)
+            if adv in (MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL):
+                vmap.set_attr(start, end, advice=adv)
+            elif adv in (MADV_NOSYNC, MADV_AUTOSYNC):
+                vmap.set_attr(start, end, nosync=adv == MADV_NOSYNC)
+            elif adv in (MADV_NOCORE, MADV_CORE):
+                vmap.set_attr(start, end, nocore=adv == MADV_NOCORE)
+            elif adv == MADV_WILLNEED:
+                self._willneed(vmap, ents, start, end)
+            elif adv == MADV_DONTNEED:
+                for e in ents:
+                    for vpn in range(max(start, e.start) >> PAGE_SHIFT, min(end, e.end) >> PAGE_SHIFT):
+                        page = vmap.pmap.rd.get(vpn)
+                        if page is not None and page.queue:
+                            page.referenced = False
+                            k.queues.enqueue(page, INACTIVE)
+            elif adv == MADV_FREE:
+                for e in ents:
+                    if e.obj is not None and not e.shared and not e.needs_copy and e.obj.ref_count == 1 \
+                            and not e.wired_count:
+                        s, t = max(start, e.start), min(end, e.end)
+                        vmap.pmap.remove(s >> PAGE_SHIFT, t >> PAGE_SHIFT)
+                        vm_object.page_remove(k, e.obj, e.pindex(s), e.pindex(t))
+
+    def _willneed(self, vmap: VMMap, ents: list[VMMapEntry], start: int, end: int) -> None:
+        """Map resident pages and page in swapped ones (never allocate zeros)."""
+        k = self.kernel
+        for e in ents:
+            if e.obj is None or not e.prot & PROT_READ:
+                continue
+            for va in range(max(start, e.start), min(end, e.end), PAGE_SIZE):
+                _, _, page, slot = vm_object.lookup(e.obj, e.pindex(va))
+                if page is not None or slot is not None:
+                    vm_fault(k, vmap, va, PROT_READ)
+
+    def mlock(self, addr: int, length: int) -> None:
+        """Wire the range; ENOMEM past the wired limit or on memory shortage
+        (then nothing stays wired)."""
+        start, end = _range(addr, length)
+        k = self.kernel
+        with k.lock:
+            vmap = self._live()
+            k.pool_prime(entries=2, objects=2)
+            ents = vmap.require_mapped(start, end)
+            new_pages = sum((min(end, e.end) - max(start, e.start)) >> PAGE_SHIFT
+                            for e in ents if not e.wired_count)
+            if any(not e.prot & PROT_READ for e in ents):
+                raise VMError(errno.ENOMEM, "cannot wire pages without access")
+            if k.wired_limit is not None and (k.wired_user_pages + new_pages) * PAGE_SIZE > k.wired_limit:
+                raise VMError(errno.ENOMEM, f"mlock of {new_pages} pages exceeds the wired limit"
+                                            f" ({k.wired_limit} bytes)")
+            done = []
+            try:
+                for e in vmap.clip_range(start, end):
+                    if e.wired_count:
+                        continue
+                    e.wired_count = 1
+                    k.wired_user_pages += e.npages
+                    done.append((e.start, e.end))
+                    wire_range(k, vmap, e.start, e.end, PROT_WRITE if e.prot & PROT_WRITE else PROT_READ)
+            except BaseException:
+                for s, t in done:
+                    self._unwire(vmap, s, t)
+                raise
+            vmap.simplify_range(start, end)
+
+    def _unwire(self, vmap: VMMap, start: int, end: int) -> None:
+        for e in vmap.clip_range(start, end):
+            if e.wired_count:
+                vmap._unwire_pages(e)
+        vmap.simplify_range(start, end)
+
+    def munlock(self, addr: int, length: int) -> None:
+        start, end = _range(addr, length)
+        k = self.kernel
+        with k.lock:
+            vmap = self._live()
+            k.pool_prime(entries=2)
+            vmap.require_mapped(start, end)
+            self._unwire(vmap, start, end)
+
+    def msync(self, addr: int, length: int, flags: int = 0) -> None:
+        """msync: anonymous memory has no backing file; validates the range."""
+        start, end = _range(addr, length)
+        _int("flags", flags)
+        with self.kernel.lock:
+            self._live().require_mapped(start, end)
+
+    # -- data --------------------------------------------------------------------
+
+    def read(self, addr: int, length: int) -> bytes:
+        """Read `length` bytes at `addr` (SegmentationFault if any is not readable)."""
+        if type(addr) is int and type(length) is int and 0 < length <= PAGE_SIZE - (addr & PAGE_MASK):
+            k = self.kernel
+            with k.lock:  # fast path: one page with a translation
+                page = self.vmspace.pmap.rd.get(addr >> PAGE_SHIFT)
+                if page is not None and self.alive:
+                    page.referenced = True
+                    if k.touch is not None:
+                        k.touch(page)
+                    o = page.off + (addr & PAGE_MASK)
+                    return page.buf[o:o + length].tobytes()
+        a = _int("addr", addr)
+        n = _int("length", length)
+        if n < 0 or a < 0:
+            raise einval("negative address or length")
+        if n == 0:
+            return b""
+        with self.kernel.lock:
+            return vm_read(self.kernel, self._live(), a, n)
+
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        """Write `data` at `addr`; nothing is written unless all of it may be."""
+        if type(addr) is int and type(data) is bytes and 0 < len(data) <= PAGE_SIZE - (addr & PAGE_MASK):
+            k = self.kernel
+            with k.lock:  # fast path: one page with a writable translation
+                page = self.vmspace.pmap.wr.get(addr >> PAGE_SHIFT)
+                if page is not None and self.alive:
+                    page.dirty = page.referenced = True
+                    if k.touch is not None:
+                        k.touch(page)
+                    o = page.off + (addr & PAGE_MASK)
+                    page.buf[o:o + len(data)] = data
+                    return
+        a = _int("addr", addr)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+        if a < 0:
+            raise einval("negative address")
+        if len(data) == 0:
+            return
+        with self.kernel.lock:
+            vm_write(self.kernel, self._live(), a, data)
+
+    def peek(self, addr: int, length: int) -> bytes:
+        """Side-effect-free read for debuggers and /vm (see inspection API)."""
+        a = _int("addr", addr)
+        n = _int("length", length)
+        if n < 0 or a < 0:
+            raise einval("negative address or length")
+        with self.kernel.lock:
+            from .inspect import peek_map
+            return peek_map(self.kernel, self._live(), a, n)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def fork(self, name: str | None = None) -> "Proc":
+        """A child whose address space follows each entry's inheritance."""
+        return self.kernel._fork(self, name)
+
+    def exit(self) -> None:
+        """uvm_exit: tear down the address space and release the u-area."""
+        self.kernel._exit(self)
+
+    # -- inspection --------------------------------------------------------------------
+
+    def maps(self) -> list[MapEntry]:
+        with self.kernel.lock:
+            return [entry_record(e) for e in self._live().entries()]
+
+    def smaps(self) -> list[SmapsInfo]:
+        with self.kernel.lock:
+            vmap = self._live()
+            return [smaps_record(self.kernel, vmap, e) for e in vmap.entries()]
+
+    def status(self) -> ProcStatus:
+        with self.kernel.lock:
+            vmap = self._live()
+            sm = [smaps_record(self.kernel, vmap, e) for e in vmap.entries()]
+            return ProcStatus(self.name, self.state, self.pid, self.ppid, vmap.size,
+                              sum(s.rss for s in sm), sum(s.swap for s in sm),
+                              sum(e.end - e.start for e in vmap.entries() if e.wired_count))

@@ -1,0 +1,82 @@
+"""The swap pager: a swap file, slot allocation, checksummed page I/O.
+
+Slots are PAGE_SIZE blocks of the swap file.  The slot map is a bytearray
+(0 free, 1 used) so finding a run of n free slots for a cluster is one
+`bytearray.find` in C; a rotating cursor spreads allocations (next fit).
+Every slot written carries a 64-bit checksum of its page, kept in memory and
+verified on every read: a mismatch is `VMError(EIO)`, never silent wrong
+data.
+
+Lock: the kernel lock guards the slot map and checksums; the file I/O itself
+runs with the lock dropped (the pages involved are busy).
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Sequence
+
+import hypercall
+
+from .constants import PAGE_SIZE
+from .errors import VMError
+
+
+class SwapPager:
+    def __init__(self, size: int, path: str | None) -> None:
+        self.nslots = size // PAGE_SIZE
+        self.file = hypercall.SwapFile(path, self.nslots * PAGE_SIZE)
+        self.slotmap = bytearray(self.nslots)
+        self.sums = [0] * self.nslots
+        self.inuse = 0
+        self.cursor = 0
+
+    @property
+    def path(self) -> str:
+        return self.file.path
+
+    def alloc(self, n: int) -> tuple[int, int] | None:
+        """Up to `n` contiguous free slots as (first, count); None when full."""
+        if self.inuse >= self.nslots:
+            return None
+        while n > 0:
+            pattern = bytes(n)
+            i = self.slotmap.find(pattern, self.cursor)
+            if i < 0:
+                i = self.slotmap.find(pattern)
+            if i >= 0:
+                self.slotmap[i:i + n] = b"\x01" * n
+                self.inuse += n
+                self.cursor = i + n if i + n < self.nslots else 0
+                return i, n
+            n //= 2
+        return None
+
+    def free(self, slot: int) -> None:
+        if not self.slotmap[slot]:
+            raise AssertionError(f"swap slot {slot} freed twice")
+        self.slotmap[slot] = 0
+        self.inuse -= 1
+
+    def write(self, first: int, addrs: Sequence[int]) -> None:
+        """Record checksums and write pages to consecutive slots (lock dropped
+        by the caller; the pages are busy)."""
+        for i, addr in enumerate(addrs):
+            self.sums[first + i] = hypercall.checksum(addr)
+        self.file.write_pages(first * PAGE_SIZE, addrs)
+
+    def read(self, slot: int, addr: int) -> None:
+        """Read a slot into the page at `addr`; EIO if it fails its checksum."""
+        self.file.read_pages(slot * PAGE_SIZE, [addr])
+        if hypercall.checksum(addr) != self.sums[slot]:
+            raise VMError(errno.EIO, f"swap slot {slot}: checksum mismatch")
+
+    def peek(self, slot: int) -> bytes:
+        """A slot's contents as bytes, verified, without touching any page."""
+        data = self.file.read(slot * PAGE_SIZE, PAGE_SIZE)
+        if hypercall.checksum_buffer(data) != self.sums[slot]:
+            raise VMError(errno.EIO, f"swap slot {slot}: checksum mismatch")
+        return data
+
+    def close(self) -> None:
+        self.file.close()

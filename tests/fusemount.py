@@ -1,0 +1,113 @@
+"""Test helpers for real /vm mounts: mount in a temporary directory, always unmount.
+
+`mounted(kernel, directory)` serves the kernel's /vm in a thread of the test
+process (`mountd.mount_in_thread`), waits until the mount point answers as
+our root (inode 1), and unmounts at the end even when the test fails;
+afterwards it checks that nothing is left mounted there.  pyfuse3 allows
+one session per process, so tests mount one at a time.
+
+`run(*argv)` runs a real tool (cat, dd, stat, ...) on the mount with a
+timeout, so a hung FUSE request fails the test instead of hanging the run.
+
+The `*_LINE` regular expressions and `check_*` functions are the Linux
+/proc formats, strictly (widths included), shared by the mountd tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mountd
+from mountd.server import mounted_fstype
+
+TOOL_TIMEOUT = 20.0
+
+
+def wait_live(path: Path, timeout: float = 5.0) -> None:
+    """Wait until `path` is the root of a live rumpvm mount (inode 1)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.stat(path).st_ino == 1 and mounted_fstype(str(path)) == "fuse.rumpvm":
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not become a live rumpvm mount within {timeout}s")
+        time.sleep(0.01)
+
+
+def wait_unmounted(path: Path, timeout: float = 5.0) -> float:
+    """Wait until nothing is mounted at `path`; returns the seconds it took."""
+    start = time.monotonic()
+    while mounted_fstype(str(path)) is not None:
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"{path} still mounted after {timeout}s")
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+@contextlib.contextmanager
+def mounted(kernel: Any, directory: Path, allow_other: bool = False) -> Iterator[Path]:
+    """Mount `kernel`'s /vm at `directory` (created if needed) for the with block."""
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = mountd.mount_in_thread(kernel, str(directory), allow_other=allow_other)
+    try:
+        wait_live(directory)
+        yield directory
+    finally:
+        handle.unmount()
+        wait_unmounted(directory)
+
+
+def run(*argv: str | os.PathLike[str], check: bool = True, text: bool = True,
+        input: str | bytes | None = None) -> subprocess.CompletedProcess[Any]:
+    """Run a tool with a timeout; output captured; raises on failure if `check`."""
+    return subprocess.run([os.fspath(a) for a in argv], capture_output=True, text=text,
+                          input=input, timeout=TOOL_TIMEOUT, check=check)
+
+
+# Strict regular expressions of the Linux /proc formats that /vm copies.
+# They are checked against the host's own /proc files too, so they are
+# Linux's formats and not just ours.
+MAPS_LINE = re.compile(
+    r"(?P<start>[0-9a-f]{8,16})-(?P<end>[0-9a-f]{8,16}) (?P<perms>[r-][w-][x-][ps]) "
+    r"(?P<offset>[0-9a-f]{8,16}) (?P<dev>[0-9a-f]{2,3}:[0-9a-f]{2,}) (?P<inode>\d+) "
+    r"(?:(?P<pad> *)(?P<name>\S.*))?"
+)
+MAPS_NAME_COLUMN = 73
+KB_LINE = re.compile(r"(?P<label>[A-Za-z_()0-9]+):(?P<pad> +)(?P<value>\d+) kB")
+KB_LINE_WIDTH = 24  # label, colon, padding and value: 16 + 8 columns
+THP_LINE = re.compile(r"THPeligible: +\d+")
+VMFLAGS_LINE = re.compile(r"VmFlags:(?: [a-z]{2})* ")
+VMSTAT_LINE = re.compile(r"[A-Za-z_0-9]+ -?\d+")
+SWAPS_HEADER = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority"
+SWAPS_LINE = re.compile(r"(?P<path>\S+) +(?P<type>file|partition)\t+(?P<size>\d+)\t+(?P<used>\d+)\t+(?P<prio>-?\d+)")
+STATUS_LINE = re.compile(r"(?P<label>Name|State|Tgid|Pid|PPid):\t(?P<value>.+)")
+STATUS_VM_LINE = re.compile(r"(?P<label>Vm[A-Za-z]+):\t(?P<value> *\d+) kB")
+
+
+def check_maps_line(line: str) -> re.Match[str]:
+    """Match one maps line strictly, including Linux's name column."""
+    m = MAPS_LINE.fullmatch(line)
+    assert m is not None, f"not a maps line: {line!r}"
+    if m["name"] is not None:
+        head = line[:m.start("name")]
+        assert len(head) == MAPS_NAME_COLUMN or (len(head) > MAPS_NAME_COLUMN and m["pad"] == ""), line
+    return m
+
+
+def check_kb_line(line: str) -> re.Match[str]:
+    """Match one `Label:   value kB` line (meminfo, smaps) with its widths."""
+    m = KB_LINE.fullmatch(line)
+    assert m is not None, f"not a kB line: {line!r}"
+    width = len(m["label"]) + 1 + len(m["pad"]) + len(m["value"])
+    assert width == KB_LINE_WIDTH or (width > KB_LINE_WIDTH and len(m["pad"]) == 1), line
+    return m

@@ -1,0 +1,164 @@
+"""The hypercall layer as real host calls: memory, parameters, swap I/O, helpers."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+import hypercall as hc
+from hypercall import PAGE_SIZE
+
+
+@pytest.fixture
+def arena():
+    """Eight zeroed pages, unmapped at the end."""
+    a = hc.anonmmap(8 * PAGE_SIZE)
+    yield a
+    hc.unmap(a)
+
+
+def page_addr(a, i):
+    return a.addr + i * PAGE_SIZE
+
+
+def fill(a, i, byte):
+    a.buf[i * PAGE_SIZE : (i + 1) * PAGE_SIZE] = bytes([byte]) * PAGE_SIZE
+
+
+def test_page_size_is_the_hosts():
+    assert PAGE_SIZE == os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.parametrize("alignbit", [0, 12, 16, 21])
+def test_anonmmap_aligned_and_zeroed(alignbit):
+    size = 4 * PAGE_SIZE
+    a = hc.anonmmap(size, alignbit)
+    try:
+        assert a.addr % (1 << alignbit) == 0
+        assert a.size == size and len(a.buf) == size
+        assert bytes(a.buf) == bytes(size)
+        a.buf[:5] = b"hello"
+        a.buf[-1:] = b"!"
+        assert hc.gather([(a.addr, 5), (a.addr + size - 1, 1)]) == b"hello!"
+    finally:
+        hc.unmap(a)
+
+
+def test_unmap_twice_is_harmless():
+    a = hc.anonmmap(PAGE_SIZE)
+    hc.unmap(a)
+    assert not a.mapped
+    hc.unmap(a)
+    assert not a.mapped
+
+
+@pytest.mark.parametrize("size", [0, -PAGE_SIZE, 100, PAGE_SIZE + 1])
+def test_anonmmap_bad_size_is_einval(size):
+    with pytest.raises(OSError) as e:
+        hc.anonmmap(size)
+    assert e.value.errno == errno.EINVAL
+
+
+def test_malloc_free():
+    b = hc.malloc(100, 64)
+    assert b.addr % 64 == 0 and b.size == 100
+    hc.scatter(b"x" * 100, [(b.addr, 100)])
+    assert hc.gather([(b.addr, 100)]) == b"x" * 100
+    hc.free(b)
+    hc.free(b)  # a second free is a no-op
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_malloc_bad_size_is_einval(size):
+    with pytest.raises(OSError) as e:
+        hc.malloc(size)
+    assert e.value.errno == errno.EINVAL
+
+
+def test_getparam(monkeypatch):
+    monkeypatch.setenv("RUMPVM_TEST_PARAM", "64M")
+    assert hc.getparam("RUMPVM_TEST_PARAM") == "64M"
+    monkeypatch.delenv("RUMPVM_TEST_PARAM")
+    assert hc.getparam("RUMPVM_TEST_PARAM") is None
+
+
+def test_swapfile_temp_is_removed_on_close():
+    sw = hc.SwapFile(None, 16 * PAGE_SIZE)
+    try:
+        assert sw.temporary and os.path.exists(sw.path)
+        assert os.path.getsize(sw.path) == 16 * PAGE_SIZE
+    finally:
+        sw.close()
+    assert not os.path.exists(sw.path)
+    sw.close()  # closing twice is harmless
+
+
+def test_swapfile_named_path_is_kept(tmp_path):
+    path = tmp_path / "swap"
+    sw = hc.SwapFile(str(path), 4 * PAGE_SIZE)
+    sw.close()
+    assert path.exists() and path.stat().st_size == 4 * PAGE_SIZE
+
+
+def test_write_read_pages_roundtrip(arena):
+    for i in range(8):
+        fill(arena, i, 0x10 + i)
+    src = [page_addr(arena, i) for i in (5, 0, 3, 7)]  # gathered out of order
+    sw = hc.SwapFile(None, 32 * PAGE_SIZE)
+    try:
+        off = 3 * PAGE_SIZE
+        sw.write_pages(off, src)
+        assert sw.read(off, 4 * PAGE_SIZE) == b"".join(bytes([b]) * PAGE_SIZE for b in (0x15, 0x10, 0x13, 0x17))
+        dst = hc.anonmmap(4 * PAGE_SIZE)
+        try:
+            sw.read_pages(off, [page_addr(dst, i) for i in (3, 2, 1, 0)])  # scattered back
+            assert hc.gather([(page_addr(dst, i), PAGE_SIZE) for i in (3, 2, 1, 0)]) == hc.gather(
+                [(a, PAGE_SIZE) for a in src]
+            )
+        finally:
+            hc.unmap(dst)
+    finally:
+        sw.close()
+
+
+def test_read_past_end_fails(arena):
+    sw = hc.SwapFile(None, 4 * PAGE_SIZE)
+    try:
+        with pytest.raises(OSError) as e:
+            sw.read_pages(4 * PAGE_SIZE, [page_addr(arena, 0)])
+        assert e.value.errno == errno.EIO
+        with pytest.raises(OSError):
+            sw.read_pages(3 * PAGE_SIZE, [page_addr(arena, 0), page_addr(arena, 1)])  # short
+        with pytest.raises(OSError):
+            sw.read(4 * PAGE_SIZE, 16)
+    finally:
+        sw.close()
+
+
+def test_gather_scatter(arena):
+    assert hc.gather([]) == b""
+    hc.scatter(b"", [])
+    hc.scatter(b"abcdef", [(page_addr(arena, 1), 2), (page_addr(arena, 4), 0), (page_addr(arena, 6), 4)])
+    assert hc.gather([(page_addr(arena, 6), 4), (0, 3), (page_addr(arena, 1), 2)]) == b"cdef\0\0\0ab"
+    assert bytes(arena.buf[PAGE_SIZE : PAGE_SIZE + 3]) == b"ab\0"
+
+
+def test_page_zero_and_copy(arena):
+    fill(arena, 0, 0xAB)
+    hc.page_copy(page_addr(arena, 1), page_addr(arena, 0))
+    assert bytes(arena.buf[PAGE_SIZE : 2 * PAGE_SIZE]) == b"\xab" * PAGE_SIZE
+    hc.page_zero(page_addr(arena, 0))
+    assert bytes(arena.buf[:PAGE_SIZE]) == bytes(PAGE_SIZE)
+
+
+def test_checksum(arena):
+    fill(arena, 0, 0x5A)
+    fill(arena, 1, 0x5A)
+    a, b = page_addr(arena, 0), page_addr(arena, 1)
+    assert hc.checksum(a) == hc.checksum(b) == hc.checksum_buffer(b"\x5a" * PAGE_SIZE)
+    arena.buf[PAGE_SIZE + 1234] ^= 0x01  # flip one bit of one byte
+    assert hc.checksum(a) != hc.checksum(b)
+    assert hc.checksum(page_addr(arena, 2)) == hc.checksum_buffer(bytes(PAGE_SIZE))
+    assert hc.checksum(page_addr(arena, 2)) != hc.checksum(a)
