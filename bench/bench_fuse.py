@@ -82,6 +82,7 @@ def _bare_mount(directory: Path, size: int) -> Iterator[Path]:
 
 def bench_mem_read(mem_mib: int) -> tuple[str, float, str, float, float, str]:
     """Sequential 1 MiB reads of resident memory: /vm mem vs a bare pyfuse3 fs."""
+    import mountd
     import rumpvm
 
     size = mem_mib * MiB
@@ -91,7 +92,7 @@ def bench_mem_read(mem_mib: int) -> tuple[str, float, str, float, float, str]:
         chunk = bytes(range(256)) * (MiB // 256)
         for off in range(0, size, MiB):
             p.write(addr + off, chunk)  # resident, so reads measure FUSE + peek
-        handle = k.mount(os.path.join(tmp, "vm"))
+        handle = mountd.mount_in_thread(k, os.path.join(tmp, "vm"))
         try:
             mem = Path(tmp, "vm", "proc", str(p.pid), "mem")
             vm_s = _best(lambda: _dd_read(mem, addr, size))
@@ -106,6 +107,7 @@ def bench_mem_read(mem_mib: int) -> tuple[str, float, str, float, float, str]:
 
 def bench_cat_maps(entries: int) -> tuple[str, float, str, float, float, str]:
     """`cat maps` of a process with `entries` map entries vs rendering in-process."""
+    import mountd
     import rumpvm
     from rumpvm import MAP_ANON, MAP_FIXED, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE
 
@@ -120,7 +122,7 @@ def bench_cat_maps(entries: int) -> tuple[str, float, str, float, float, str]:
                    addr=base + 2 * i * PAGE_SIZE)
         expected = render.maps(p.maps())
         inproc_s = _best(lambda: render.maps(p.maps()))
-        handle = k.mount(os.path.join(tmp, "vm"))
+        handle = mountd.mount_in_thread(k, os.path.join(tmp, "vm"))
         try:
             maps = Path(tmp, "vm", "proc", str(p.pid), "maps")
             out = subprocess.run(["cat", maps], capture_output=True, text=True, check=True).stdout

@@ -64,8 +64,12 @@ def write(kernel: Kernel, kind: Kind, data: bytes) -> int:
         elif kind in (Kind.PD_FREEMIN, Kind.PD_FREETARG):
             if _PAGES_RE.fullmatch(text) is None:
                 raise pyfuse3.FUSEError(errno.EINVAL)
-            name = "freemin" if kind is Kind.PD_FREEMIN else "freetarg"
-            setattr(kernel.pagedaemon, name, int(text))
+            # `set_knobs` validates (0 <= freemin <= freetarg < limit); the
+            # plain attributes would accept anything.
+            if kind is Kind.PD_FREEMIN:
+                kernel.pagedaemon.set_knobs(freemin=int(text))
+            else:
+                kernel.pagedaemon.set_knobs(freetarg=int(text))
         else:
             raise pyfuse3.FUSEError(errno.EACCES)
     except VMError as err:

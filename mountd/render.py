@@ -69,12 +69,14 @@ def _kb(nbytes: int) -> int:
 def kb_line(label: str, kb: int) -> str:
     """One `Label:   value kB` line as meminfo and smaps print it.
 
-    The label and value together take 24 columns; a label too long for its
-    16-column field eats into the value's padding, keeping one space (as
-    Linux does for `Private_Hugetlb:`).
+    The label with its colon is padded to 16 columns and the value
+    right-aligned in the next 8 (a longer value pushes right, as `%8lu`
+    does).  A label too long for its field gets one space and a value field
+    shortened to keep 24 columns, as Linux prints `Private_Hugetlb: %7lu`.
     """
     head = f"{label}:"
-    width = max(_LABEL_WIDTH + _VALUE_WIDTH - len(head), len(str(kb)) + 1)
+    head = f"{head:<{_LABEL_WIDTH}}" if len(head) < _LABEL_WIDTH else head + " "
+    width = max(1, _LABEL_WIDTH + _VALUE_WIDTH - len(head))
     return f"{head}{kb:>{width}} kB\n"
 
 

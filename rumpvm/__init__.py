@@ -5,7 +5,7 @@ from .constants import (INHERIT_COPY, INHERIT_NONE, INHERIT_SHARE, MADV_AUTOSYNC
                         MADV_DONTNEED, MADV_FREE, MADV_NOCORE, MADV_NORMAL, MADV_NOSYNC,
                         MADV_RANDOM, MADV_SEQUENTIAL, MADV_WILLNEED, MAP_ANON, MAP_FIXED,
                         MAP_PRIVATE, MAP_SHARED, PAGE_SIZE, PROT_EXEC, PROT_NONE, PROT_READ,
-                        PROT_WRITE)
+                        PROT_WRITE, PROT_MAX)
 from .errors import OutOfMemory, SegmentationFault, VMError
 from .inspect import MapEntry, ObjectInfo, ProcStatus, SmapsInfo
 from .kernel import Kernel
@@ -15,7 +15,7 @@ from .proc import Proc
 __all__ = [
     "Kernel", "Proc", "VMObject", "VMError", "OutOfMemory", "SegmentationFault",
     "MapEntry", "ObjectInfo", "ProcStatus", "SmapsInfo", "PAGE_SIZE",
-    "PROT_NONE", "PROT_READ", "PROT_WRITE", "PROT_EXEC",
+    "PROT_NONE", "PROT_MAX", "PROT_READ", "PROT_WRITE", "PROT_EXEC",
     "MAP_PRIVATE", "MAP_SHARED", "MAP_ANON", "MAP_FIXED",
     "INHERIT_SHARE", "INHERIT_COPY", "INHERIT_NONE",
     "MADV_NORMAL", "MADV_RANDOM", "MADV_SEQUENTIAL", "MADV_WILLNEED", "MADV_DONTNEED",

@@ -14,6 +14,16 @@ PROT_WRITE = 0x2
 PROT_EXEC = 0x4
 PROT_ALL = PROT_READ | PROT_WRITE | PROT_EXEC
 
+
+def PROT_MAX(prot: int) -> int:
+    """Encode a maximum protection into a prot argument (FreeBSD 13's
+    PROT_MAX): mmap sets the entry's max_prot from it, mprotect lowers it."""
+    return prot << 16
+
+
+def PROT_MAX_EXTRACT(prot: int) -> int:
+    return (prot >> 16) & PROT_ALL
+
 MAP_SHARED = 0x0001
 MAP_PRIVATE = 0x0002
 MAP_FIXED = 0x0010

