@@ -67,7 +67,13 @@ class Counters:
     exits: int = 0
 
 
-def _check_limit(limit: int | None) -> int | None:
+def _parse_memlimit(value: int | str | None, what: str = "memlimit") -> int | None:
+    """Parse and check a memory limit; EINVAL messages state the minimum."""
+    try:
+        limit = parse_limit(value, what)
+    except VMError as e:
+        raise einval(f"{e.strerror}; a limit must be 'unlimited' or at least {MIN_LIMIT} bytes"
+                     f" ({MIN_LIMIT // 1024}K)") from None
     if limit is not None and limit < MIN_LIMIT:
         raise einval(f"memory limit {limit} is below the minimum of {MIN_LIMIT} bytes"
                      f" ({MIN_LIMIT // 1024}K: the pagedaemon reserve plus a working minimum)")
@@ -82,10 +88,9 @@ class Kernel:
                  oom_timeout: float = 3.0, wired_limit: int | str | None = None) -> None:
         if memlimit is None:
             env = hypercall.getparam("RUMP_MEMLIMIT")
-            limit = parse_limit(env, "RUMP_MEMLIMIT") if env is not None else None
+            limit = _parse_memlimit(env, "RUMP_MEMLIMIT") if env is not None else None
         else:
-            limit = parse_limit(memlimit)
-        _check_limit(limit)
+            limit = _parse_memlimit(memlimit)
         swap_bytes = parse_size(swap, "swap")
         if swap_bytes < 0:
             raise einval(f"swap size {swap_bytes} is negative")
@@ -159,7 +164,7 @@ class Kernel:
     def memlimit(self, value: int | str | None) -> None:
         """Change the limit live.  Lowering it wakes the pagedaemon and waits
         (up to oom_timeout) until resident memory is under the new limit."""
-        limit = _check_limit(parse_limit(value))
+        limit = _parse_memlimit(value)
         with self.lock:
             self.physmem.limit = limit
             self.uvmexp.limitchanges += 1

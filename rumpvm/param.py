@@ -11,7 +11,7 @@ import re
 
 from .errors import einval
 
-_SIZE_RE = re.compile(r"\s*(\d+)\s*([kKmMgGtT]?)[bB]?\s*")
+_SIZE_RE = re.compile(r"\s*(-?\d+)\s*([kKmMgGtT]?)[bB]?\s*")
 _SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}
 UNLIMITED_WORDS = ("unlimited", "none", "")
 
@@ -30,7 +30,7 @@ def parse_size(value: int | str, what: str = "size") -> int:
     m = _SIZE_RE.fullmatch(value)
     if m is None:
         raise einval(f"{what}: cannot parse {value!r} (bytes, or a number with K/M/G/T)")
-    return int(m.group(1)) << _SHIFT[m.group(2).lower()]
+    return int(m.group(1)) * (1 << _SHIFT[m.group(2).lower()])
 
 
 def parse_limit(value: int | str | None, what: str = "memlimit") -> int | None:

@@ -54,10 +54,18 @@ def wait_unmounted(path: Path, timeout: float = 5.0) -> float:
     return time.monotonic() - start
 
 
+def ensure_dir(path: Path) -> None:
+    """Create `path` if missing, without stat-ing it (a stale mount there fails stat)."""
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        pass
+
+
 @contextlib.contextmanager
 def mounted(kernel: Any, directory: Path, allow_other: bool = False) -> Iterator[Path]:
     """Mount `kernel`'s /vm at `directory` (created if needed) for the with block."""
-    directory.mkdir(parents=True, exist_ok=True)
+    ensure_dir(directory)
     handle = mountd.mount_in_thread(kernel, str(directory), allow_other=allow_other)
     try:
         wait_live(directory)

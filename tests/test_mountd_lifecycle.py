@@ -20,7 +20,7 @@ import pytest
 
 import mountd
 import rumpvm
-from fusemount import mounted, wait_live, wait_unmounted
+from fusemount import ensure_dir, mounted, wait_live, wait_unmounted
 from mountd.server import mounted_fstype
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def start_daemon(mountpoint: Path, *extra: str) -> subprocess.Popen[str]:
     """`rumpvm mount MOUNTPOINT` as a child process, live when this returns."""
-    mountpoint.mkdir(exist_ok=True)
+    ensure_dir(mountpoint)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     child = subprocess.Popen(
         [sys.executable, "-c", "import sys; from rumpvm.cli import main; sys.exit(main())",
@@ -42,6 +42,15 @@ def start_daemon(mountpoint: Path, *extra: str) -> subprocess.Popen[str]:
         out, err = child.communicate()
         raise AssertionError(f"rumpvm mount did not come up:\n{out}\n{err}") from None
     return child
+
+
+@pytest.fixture(autouse=True)
+def no_mounts_left(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Whatever a failing test leaves mounted under tmp_path is lazily unmounted."""
+    yield
+    for d in tmp_path.iterdir():
+        if mounted_fstype(str(d)) is not None:
+            subprocess.run(["fusermount3", "-u", "-z", str(d)], check=False)
 
 
 def stop(child: subprocess.Popen[str]) -> None:
