@@ -112,6 +112,7 @@ def _fault(k: "Kernel", vmap: "VMMap", va: int, access: int, wire: bool) -> "VMP
     o, pi, page, slot = vm_object.lookup(top, pindex)
     if page is not None and page.busy:
         page.wanted = True
+        k.lockdrops += 1
         k.page_cv.wait()
         raise _Retry
     if slot is not None:
@@ -149,6 +150,7 @@ def pagein(k: "Kernel", obj: "VMObject", pindex: int, slot: int) -> None:
     page = _alloc(k, obj, pindex)
     page.busy = page.fake = True
     obj.pip += 1
+    k.lockdrops += 1
     k.lock.release()
     err: OSError | None = None
     try:

@@ -100,6 +100,9 @@ class Kernel:
         self.page_cv = threading.Condition(self.lock)
         self.mem_cv = threading.Condition(self.lock)
         self.mem_waiters = 0
+        # Times a thread dropped the lock to sleep inside a fault; readers
+        # holding page views across faults use it to detect a sleep.
+        self.lockdrops = 0
         self.oom_timeout = float(oom_timeout)
         self.swap: SwapPager | None = SwapPager(swap_bytes, swapfile) if swap_bytes >= PAGE_SIZE else None
         self.physmem = PhysMem(limit)
@@ -239,6 +242,7 @@ class Kernel:
         if not self.pagedaemon.stalled:
             self.pagedaemon.wake()
         self.mem_waiters += 1
+        self.lockdrops += 1
         try:
             self.mem_cv.wait(deadline - now)
         finally:

@@ -37,27 +37,38 @@ def check_access(vmap: "VMMap", addr: int, length: int, access: int) -> None:
         va = e.end
 
 
+_ZEROS = memoryview(bytes(PAGE_SIZE))
+
+
 def vm_read(k: "Kernel", vmap: "VMMap", addr: int, length: int) -> bytes:
     check_access(vmap, addr, length, PROT_READ)
-    out = bytearray(length)
-    rd = vmap.pmap.rd
-    touch = k.touch
-    pos = 0
-    while pos < length:
-        va = addr + pos
-        off = va & PAGE_MASK
-        n = min(PAGE_SIZE - off, length - pos)
-        page = rd.get(va >> PAGE_SHIFT)
-        if page is None:
-            page = vm_fault(k, vmap, va, PROT_READ)
-        if page is not None:
-            o = page.off + off
-            out[pos:pos + n] = page.buf[o:o + n]
-            page.referenced = True
-            if touch is not None:
-                touch(page)
-        pos += n
-    return bytes(out)
+    while True:
+        # Collect views of the pages, then join them into the result (one
+        # allocation, one copy).  The views are valid only while the lock is
+        # held without a break: if a fault slept, collect again.
+        drops = k.lockdrops
+        parts = []
+        rd = vmap.pmap.rd
+        touch = k.touch
+        pos = 0
+        while pos < length:
+            va = addr + pos
+            off = va & PAGE_MASK
+            n = min(PAGE_SIZE - off, length - pos)
+            page = rd.get(va >> PAGE_SHIFT)
+            if page is None:
+                page = vm_fault(k, vmap, va, PROT_READ)
+            if page is None:
+                parts.append(_ZEROS[:n])
+            else:
+                o = page.off + off
+                parts.append(page.buf[o:o + n])
+                page.referenced = True
+                if touch is not None:
+                    touch(page)
+            pos += n
+        if k.lockdrops == drops:
+            return b"".join(parts)
 
 
 def vm_write(k: "Kernel", vmap: "VMMap", addr: int, data: bytes | bytearray | memoryview) -> None:

@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from fusemount import mounted
@@ -21,7 +22,7 @@ from rumpvm import PAGE_SIZE
 from rumpvm.demo import DemoWorkload
 
 READERS = 8
-SECONDS = 3.0
+SECONDS = 2.0
 
 READER = r"""
 import errno, json, os, sys, time
@@ -74,6 +75,9 @@ def test_concurrent_readers_during_fork_and_exit(kernel, tmp_path: Path) -> None
             child.write(a, b"cow")
             child.mmap(PAGE_SIZE)
             child.exit()
+            # Let go of the GIL now and then: the FUSE server is a thread of
+            # this process too, and a spinning thread would only slow it down.
+            time.sleep(0.001)
 
     demo = DemoWorkload(kernel, period=0.05).start()
     churner = threading.Thread(target=churn)

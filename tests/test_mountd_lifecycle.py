@@ -54,8 +54,13 @@ def no_mounts_left(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def stop(child: subprocess.Popen[str]) -> None:
+    """Stop a daemon the clean way (SIGTERM), killing it only if that fails."""
     if child.poll() is None:
-        child.kill()
+        child.terminate()
+        try:
+            child.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            child.kill()
     child.communicate(timeout=10)
 
 
