@@ -104,10 +104,32 @@ def raw_swap_round(npages: int) -> tuple[float, float]:
         return (t1 - t0) / 1e9, (t2 - t1) / 1e9
 
 
+OOM_TIMEOUT = 5.0  # seconds a stalled allocation waits before OutOfMemory
+ATTEMPTS = 3
+
+
 def thrash(limit: int | None, wset: int, accesses: list[int]) -> tuple[float, dict[str, int]]:
     """ns per access of 64-byte writes at the page indexes `accesses` of a
-    `wset`-byte mapping, and the counter deltas."""
-    with rumpvm.Kernel(memlimit=limit, swap=wset * 2, oom_timeout=60) as k:
+    `wset`-byte mapping, and the counter deltas (plus `oom`: the attempts
+    that ended in OutOfMemory and were retried in a fresh kernel).
+
+    Why retry: the pagedaemon can stall (a clock scan that only clears
+    referenced bits frees nothing, marks itself stalled, and memwait then no
+    longer wakes it), so a run may get OutOfMemory although swap is free.
+    That is a kernel bug to fix; the benchmark counts it and retries."""
+    for attempt in range(ATTEMPTS):
+        try:
+            ns, counts = _thrash_once(limit, wset, accesses)
+            counts["oom"] = attempt
+            return ns, counts
+        except rumpvm.OutOfMemory:
+            if attempt == ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _thrash_once(limit: int | None, wset: int, accesses: list[int]) -> tuple[float, dict[str, int]]:
+    with rumpvm.Kernel(memlimit=limit, swap=wset * 2, oom_timeout=OOM_TIMEOUT) as k:
         p = k.spawn(name="thrash")
         a = p.mmap(wset)
         data = b"\x5a" * 64
@@ -130,24 +152,23 @@ def thrash(limit: int | None, wset: int, accesses: list[int]) -> tuple[float, di
 def run(quick: bool) -> list[Row]:
     """All figures of this module (see the module docstring)."""
     rows: list[Row] = []
-    reps = 2 if quick else 3
-    npages = (8 if quick else 64) * MiB // PAGE_SIZE
-    swap_limit = (2 if quick else 8) * MiB
-    best_vm: tuple[float, float, int, int] | None = None
-    best_raw: tuple[float, float] | None = None
+    reps = 3 if quick else 4
+    npages = (16 if quick else 64) * MiB // PAGE_SIZE
+    swap_limit = (4 if quick else 8) * MiB
     raw_swap_round(min(npages, 512))  # warm-up
-    for _ in range(reps):  # alternate, keep the best of each
-        raw = raw_swap_round(npages)
-        if best_raw is None or sum(raw) < sum(best_raw):
-            best_raw = raw
-        vm = vm_swap_round(npages, swap_limit)
-        if best_vm is None or vm[0] + vm[1] < best_vm[0] + best_vm[1]:
-            best_vm = vm
-    assert best_vm is not None and best_raw is not None
+    vm_runs: list[tuple[float, float, int, int]] = []
+    raw_runs: list[tuple[float, float]] = []
+    for _ in range(reps):  # alternate the two, keep the best of each phase
+        raw_runs.append(raw_swap_round(npages))
+        vm_runs.append(vm_swap_round(npages, swap_limit))
+    best_raw = (min(r[0] for r in raw_runs), min(r[1] for r in raw_runs))
+    out_run = min(vm_runs, key=lambda r: r[0] / max(r[2], 1))
+    in_run = min(vm_runs, key=lambda r: r[1] / max(r[3], 1))
+    best_vm = (out_run[0], in_run[1], out_run[2], in_run[3])
     out_s, in_s, pouts, pins = best_vm
     vm_rate = (pouts + pins) / (out_s + in_s)
     raw_rate = 2 * npages / sum(best_raw)
-    rows.append(ratio_row(f"page-out + page-in ({npages} pages, {pouts} out / {pins} in)",
+    rows.append(ratio_row(f"page-out + page-in ({npages} pages, limit {swap_limit // MiB}M: {pouts} out / {pins} in)",
                           vm_rate, "pages/s", "raw pwritev/preadv, same file", raw_rate,
                           ">= 50% of raw", 0.5, higher_is_better=True))
     rows.append(ratio_row("  page-out alone", pouts / out_s, "pages/s",
@@ -165,10 +186,12 @@ def run(quick: bool) -> list[Row]:
     rng = random.Random(3)
     rnd = [rng.randrange(wpages) for _ in range(len(seq))]
     for name, trace in (("sequential", seq), ("random", rnd)):
-        lim_ns, c = thrash(limit, wset, trace)
-        free_ns, _ = thrash(None, wset, trace)
+        runs = [thrash(limit, wset, trace) for _ in range(reps - 1)]
+        lim_ns, c = min(runs, key=lambda r: r[0])
+        free_ns = min(thrash(None, wset, trace)[0] for _ in range(reps - 1))
         rows.append(ratio_row(
             f"thrash {name}, wset {wset // MiB}M = 2x limit ({len(trace)} acc: "
-            f"{c['faults']} faults, {c['pageins']} in, {c['pageouts']} out)",
+            f"{c['faults']} faults, {c['pageins']} in, {c['pageouts']} out"
+            f"{', %d OOM retries' % c['oom'] if c['oom'] else ''})",
             lim_ns, "ns/access", "same, no limit", free_ns, "report (no target)", None))
     return rows

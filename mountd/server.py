@@ -113,12 +113,19 @@ def _lazy_unmount(path: str) -> None:
 def clear_stale_mount(mountpoint: str) -> bool:
     """Lazily unmount a dead FUSE mount at `mountpoint`; True if there was one.
 
-    Raises OSError(EBUSY) if a live FUSE file system is mounted there, and
-    the `stat` error if the mount point is otherwise unusable (e.g. ENOENT).
+    A mount is dead when `stat` or `statvfs` of it fails with ENOTCONN
+    (statvfs is never answered from the kernel's attribute cache, so it
+    reaches the server).  Raises OSError(EBUSY) if a live FUSE file system
+    is mounted there, and the `stat` error if the mount point is otherwise
+    unusable (e.g. ENOENT).
     """
     path = os.path.abspath(mountpoint)
     try:
         os.stat(path)
+        fstype = mounted_fstype(path)
+        if fstype is not None and fstype.startswith("fuse"):
+            os.statvfs(path)
+            raise OSError(errno.EBUSY, f"a live {fstype} file system is already mounted there", path)
     except OSError as err:
         if err.errno != errno.ENOTCONN:
             raise
@@ -126,9 +133,6 @@ def clear_stale_mount(mountpoint: str) -> bool:
         log.warning("mountd: cleared a stale mount at %s left by a dead daemon "
                     "(Transport endpoint is not connected)", path)
         return True
-    fstype = mounted_fstype(path)
-    if fstype is not None and fstype.startswith("fuse"):
-        raise OSError(errno.EBUSY, f"a live {fstype} file system is already mounted there", path)
     return False
 
 

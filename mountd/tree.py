@@ -138,6 +138,11 @@ class Node:
         return int(self.kind) << _ID_SHIFT | self.id
 
     @property
+    def is_fixed(self) -> bool:
+        """True for the nodes that exist for the kernel's whole life."""
+        return self.kind < _FIRST_DYNAMIC
+
+    @property
     def mode(self) -> Mode:
         return MODE[self.kind]
 
@@ -243,14 +248,6 @@ class Tree:
             if child_name == name:
                 return child
         raise pyfuse3.FUSEError(errno.ENOENT)
-
-    def parent(self, node: Node) -> Node:
-        """The directory holding `node` (the root is its own parent)."""
-        if node.kind is Kind.ROOT:
-            return node
-        parent = _PARENT[node.kind]
-        keeps_id = parent in (Kind.PROC_DIR, Kind.OBJ_DIR)
-        return Node(parent, node.id if keeps_id else 0)
 
     def readlink(self, node: Node) -> str:
         """The target of a symlink node: `../<backing id>`."""

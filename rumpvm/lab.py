@@ -52,7 +52,7 @@ import sys
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Sequence, TextIO
+from typing import Callable, Iterable, Sequence, TextIO
 
 from .constants import MAP_ANON, MAP_PRIVATE, MAP_SHARED, PAGE_SIZE
 from .errors import VMError
@@ -338,7 +338,7 @@ class TraceResult:
 
 
 def run_trace(trace: Sequence[int], capacity_pages: int, policy: str = "clock", *,
-              track_resident: bool = False, record: bool = False,
+              track_resident: bool = False, record: bool = False, check: bool = False,
               oom_timeout: float = 10.0) -> TraceResult:
     """Replay `trace` in a fresh kernel whose memory limit leaves exactly
     `capacity_pages` frames for the trace's pages, under `policy`.
@@ -346,7 +346,8 @@ def run_trace(trace: Sequence[int], capacity_pages: int, policy: str = "clock", 
     Each access is an 8-byte write to its page.  `track_resident` samples the
     region's resident pages after every access (max in `max_resident`);
     `record` keeps a per-access miss list.  Both are slower (a counter
-    snapshot per access); the totals are exact either way.
+    snapshot per access); the totals are exact either way.  `check` runs
+    `k.check()` (the kernel's consistency checks) after the replay.
     """
     _check_cap(capacity_pages)
     if policy not in POLICY_NAMES:
@@ -368,7 +369,6 @@ def run_trace(trace: Sequence[int], capacity_pages: int, policy: str = "clock", 
         oid = next(e.object for e in p.maps() if e.start == base)
         assert oid is not None
         _set_capacity(k, p, capacity_pages)
-        k.pagedaemon.policy = policy
 
         def counters() -> tuple[int, int, int]:
             s = k.stats()
@@ -376,30 +376,38 @@ def run_trace(trace: Sequence[int], capacity_pages: int, policy: str = "clock", 
 
         before = counters()
         misses: list[bool] | None = [] if record else None
-        max_res = 0
-        write = p.write
-        pack = struct.Struct("<Q").pack
+        max_res_box = [0]
         t0 = time.perf_counter()
-        if not record and not track_resident:
-            for i, page in enumerate(trace):
-                write(base + page * PAGE_SIZE, pack(i))
-        else:
-            last = before
-            for i, page in enumerate(trace):
-                write(base + page * PAGE_SIZE, pack(i))
-                if record:
-                    now = counters()
-                    assert misses is not None
-                    misses.append(now[0] + now[2] > last[0] + last[2])
-                    last = now
-                if track_resident:
-                    max_res = max(max_res, k.object_info(oid).resident)
+        _replay(p, base, trace, k, oid, record, track_resident, misses, counters, before, max_res_box)
         seconds = time.perf_counter() - t0
         after = counters()
+        if check:
+            k.check()
         pageins, pageouts, zerofills = (a - b for a, b in zip(after, before))
         return TraceResult(policy, capacity_pages, len(trace), pageins + zerofills, pageins,
                            pageouts, zerofills, seconds,
-                           max_res if track_resident else None, misses)
+                           max_res_box[0] if track_resident else None, misses)
+
+
+def _replay(p: Proc, base: int, trace: list[int], k: Kernel, oid: int, record: bool,
+            track_resident: bool, misses: list[bool] | None,
+            counters: Callable[[], tuple[int, int, int]], before: tuple[int, int, int],
+            max_res_box: list[int]) -> None:
+    write = p.write
+    pack = struct.Struct("<Q").pack
+    if not record and not track_resident:
+        for i, page in enumerate(trace):
+            write(base + page * PAGE_SIZE, pack(i))
+        return
+    last = before
+    for i, page in enumerate(trace):
+        write(base + page * PAGE_SIZE, pack(i))
+        if misses is not None:
+            now = counters()
+            misses.append(now[0] + now[2] > last[0] + last[2])
+            last = now
+        if track_resident:
+            max_res_box[0] = max(max_res_box[0], k.object_info(oid).resident)
 
 
 def _set_capacity(k: Kernel, p: Proc, capacity: int) -> None:
@@ -455,7 +463,7 @@ def _policies_in(rows: Sequence[TraceResult]) -> list[str]:
     seen: dict[str, None] = {}
     for r in rows:
         seen.setdefault(r.policy, None)
-    return sorted(seen, key=lambda p: (p != "opt", p))
+    return sorted(seen, key=lambda p: p != "opt")  # OPT first, then as run
 
 
 def _align(table: list[list[str]]) -> str:
@@ -488,8 +496,8 @@ def format_table(rows: Sequence[TraceResult], detail: bool = False) -> str:
     for cap in caps:
         line = [str(cap)]
         for pol in pols:
-            r = by.get((cap, pol))
-            line.append("-" if r is None else f"{r.faults} ({100 * r.miss_ratio:.1f}%)")
+            got = by.get((cap, pol))
+            line.append("-" if got is None else f"{got.faults} ({100 * got.miss_ratio:.1f}%)")
         table.append(line)
     return _align(table)
 
@@ -610,7 +618,8 @@ def add_cli(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -
                           " (or libCacheSim csv with an obj_id column); default zipf")
     lab.add_argument("--length", type=int, default=4000, action=_LengthAction,
                      help="accesses in a generated trace (default 4000); truncates a file trace")
-    lab.add_argument("--pages", type=int, default=320, help="distinct pages of a generated trace (default 320)")
+    lab.add_argument("--pages", type=int, default=320,
+                     help="page range of a generated trace (default 320)")
     lab.add_argument("--seed", type=int, default=0, help="seed of the generated trace (default 0)")
     lab.add_argument("--column", default=None,
                      help="trace file column holding the page (index or header name)")

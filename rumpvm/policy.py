@@ -59,27 +59,30 @@ class Clock(Policy):
 
     def victims(self, k: "Kernel", want: int) -> Iterator[VMPage]:
         q = k.queues
-        # Keep about a third of the pageable pages inactive, and at least `want`.
-        target = max(want, (len(q.active) + len(q.inactive)) // 3)
-        for _ in range(len(q.active)):
-            if len(q.inactive) >= target or not q.active:
-                break
-            page = next(iter(q.active))
-            if page.referenced:
-                page.referenced = False
-                q.active.move_to_end(page)
-            else:
-                q.enqueue(page, INACTIVE)
-        for _ in range(2 * len(q.inactive)):
-            if not q.inactive:
-                return
-            page = next(iter(q.inactive))
-            if page.referenced and not page.busy:
-                page.referenced = False
-                q.enqueue(page, ACTIVE)
-                k.uvmexp.pdreact += 1
-                continue
-            yield page
+        # Two sweeps of the hand: when every page was referenced, the first
+        # only clears the bits, and the second finds the pages to evict.
+        for _ in range(2):
+            # Keep about a third of the pageable pages inactive, and at least `want`.
+            target = max(want, (len(q.active) + len(q.inactive)) // 3)
+            for _ in range(len(q.active)):
+                if len(q.inactive) >= target or not q.active:
+                    break
+                page = next(iter(q.active))
+                if page.referenced:
+                    page.referenced = False
+                    q.active.move_to_end(page)
+                else:
+                    q.enqueue(page, INACTIVE)
+            for _ in range(len(q.inactive)):
+                if not q.inactive:
+                    return
+                page = next(iter(q.inactive))
+                if page.referenced and not page.busy:
+                    page.referenced = False
+                    q.enqueue(page, ACTIVE)
+                    k.uvmexp.pdreact += 1
+                    continue
+                yield page
 
 
 class LRU(Policy):

@@ -4,7 +4,9 @@
 process (`mountd.mount_in_thread`), waits until the mount point answers as
 our root (inode 1), and unmounts at the end even when the test fails;
 afterwards it checks that nothing is left mounted there.  pyfuse3 allows
-one session per process, so tests mount one at a time.
+one session per process, so tests mount one at a time.  mountd (with trio
+and pyfuse3) is imported only by the functions that mount, so that reader
+subprocesses can import the format checks quickly.
 
 `run(*argv)` runs a real tool (cat, dd, stat, ...) on the mount with a
 timeout, so a hung FUSE request fails the test instead of hanging the run.
@@ -24,14 +26,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import mountd
-from mountd.server import mounted_fstype
-
 TOOL_TIMEOUT = 20.0
 
 
 def wait_live(path: Path, timeout: float = 5.0) -> None:
     """Wait until `path` is the root of a live rumpvm mount (inode 1)."""
+    from mountd.server import mounted_fstype
+
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -46,6 +47,8 @@ def wait_live(path: Path, timeout: float = 5.0) -> None:
 
 def wait_unmounted(path: Path, timeout: float = 5.0) -> float:
     """Wait until nothing is mounted at `path`; returns the seconds it took."""
+    from mountd.server import mounted_fstype
+
     start = time.monotonic()
     while mounted_fstype(str(path)) is not None:
         if time.monotonic() - start > timeout:
@@ -65,6 +68,8 @@ def ensure_dir(path: Path) -> None:
 @contextlib.contextmanager
 def mounted(kernel: Any, directory: Path, allow_other: bool = False) -> Iterator[Path]:
     """Mount `kernel`'s /vm at `directory` (created if needed) for the with block."""
+    import mountd
+
     ensure_dir(directory)
     handle = mountd.mount_in_thread(kernel, str(directory), allow_other=allow_other)
     try:

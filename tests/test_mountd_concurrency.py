@@ -77,9 +77,9 @@ def test_concurrent_readers_during_fork_and_exit(kernel, tmp_path: Path) -> None
             child.exit()
             # Let go of the GIL now and then: the FUSE server is a thread of
             # this process too, and a spinning thread would only slow it down.
-            time.sleep(0.001)
+            time.sleep(0.01)
 
-    demo = DemoWorkload(kernel, period=0.05).start()
+    demo = DemoWorkload(kernel, period=0.2).start()
     churner = threading.Thread(target=churn)
     churner.start()
     try:

@@ -256,7 +256,7 @@ def test_mem_bytes_equal_proc_read(kernel, vm: Path) -> None:
     o = kernel.create_object(4 * P)
     b = p.mmap(4 * P, RW, MAP_SHARED, obj=o)
     p.write(b + P, b"shared bytes")
-    obj_id = o if isinstance(o, int) else o.id
+    obj_id = o.id
     objdata = vm / "objects" / str(obj_id) / "data"
     assert os.stat(objdata).st_size == 4 * P
     assert objdata.read_bytes() == kernel.object_peek(obj_id, 0, 4 * P)
@@ -326,7 +326,7 @@ def test_mem_writes_go_through_the_vm(kernel, vm: Path) -> None:
     finally:
         os.close(fd)
     o = kernel.create_object(2 * P)
-    obj_id = o if isinstance(o, int) else o.id
+    obj_id = o.id
     b = p.mmap(2 * P, RW, MAP_SHARED, obj=o)
     data = vm / "objects" / str(obj_id) / "data"
     with open(data, "r+b", buffering=0) as f:
