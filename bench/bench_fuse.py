@@ -106,7 +106,7 @@ def bench_mem_read(mem_mib: int) -> tuple[str, float, str, float, float, str]:
             handle.unmount()
     vm_s, bare_s = min(vm_runs), min(bare_runs)
     value, baseline = mem_mib / vm_s, mem_mib / bare_s
-    return ("fuse mem read (1 MiB seq, %d MiB)" % mem_mib, value, "MiB/s", baseline,
+    return (f"fuse mem read (1 MiB seq, {mem_mib} MiB)", value, "MiB/s", baseline,
             value / baseline, ">= 0.5 of bare pyfuse3")
 
 
@@ -114,9 +114,8 @@ def bench_cat_maps(entries: int) -> tuple[str, float, str, float, float, str]:
     """`cat maps` of a process with `entries` map entries vs rendering in-process."""
     import mountd
     import rumpvm
-    from rumpvm import MAP_ANON, MAP_FIXED, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE
-
     from mountd import render
+    from rumpvm import MAP_ANON, MAP_FIXED, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE
 
     with tempfile.TemporaryDirectory() as tmp, rumpvm.Kernel() as k:
         p = k.spawn(name="bench")

@@ -104,8 +104,8 @@ def raw_swap_round(npages: int) -> tuple[float, float]:
         return (t1 - t0) / 1e9, (t2 - t1) / 1e9
 
 
-OOM_TIMEOUT = 5.0  # seconds a stalled allocation waits before OutOfMemory
-ATTEMPTS = 3
+OOM_TIMEOUT = 3.0  # seconds a stalled allocation waits before OutOfMemory
+ATTEMPTS = 6
 
 
 def thrash(limit: int | None, wset: int, accesses: list[int]) -> tuple[float, dict[str, int]]:

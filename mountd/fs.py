@@ -42,9 +42,9 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import pyfuse3
 
@@ -74,7 +74,7 @@ _PERMS = {
 _FIXED_TIMEOUT = 60.0
 
 
-def _boundary(fn: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+def _boundary(fn: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
     """Map every failure of a handler to an errno; log the unexpected ones."""
 
     @functools.wraps(fn)

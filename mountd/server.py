@@ -34,6 +34,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 from collections.abc import Callable
@@ -121,7 +122,8 @@ def clear_stale_mount(mountpoint: str) -> bool:
     """
     path = os.path.abspath(mountpoint)
     try:
-        os.stat(path)
+        if not stat.S_ISDIR(os.stat(path).st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, "the mount point must be a directory", path)
         fstype = mounted_fstype(path)
         if fstype is not None and fstype.startswith("fuse"):
             os.statvfs(path)
@@ -142,7 +144,11 @@ def _mount(kernel: Kernel, mountpoint: str, allow_other: bool) -> None:
     _claim_session(path)
     try:
         clear_stale_mount(path)
-        pyfuse3.init(VMFS(kernel), path, _options(allow_other))
+        try:
+            pyfuse3.init(VMFS(kernel), path, _options(allow_other))
+        except RuntimeError as err:
+            # pyfuse3 reports mount failures as RuntimeError; callers expect OSError.
+            raise OSError(errno.EIO, f"FUSE mount failed: {err}", path) from err
     except BaseException:
         _release_session()
         raise
@@ -184,18 +190,28 @@ def serve(kernel: Kernel, mountpoint: str, *, allow_other: bool = False,
 
     Returns after SIGINT/SIGTERM (when called from the main thread) or an
     external unmount, with the file system unmounted.  `ready` is called
-    once the mount is live.  Raises OSError(EBUSY) if this process already
+    once the mount is live, in a thread of its own (so it may use the
+    mount; the server thread must stay free to answer).  Raises OSError(EBUSY) if this process already
     serves a mount or a live FUSE file system is mounted there.
     """
     _mount(kernel, mountpoint, allow_other)
     try:
-        def started(_token: trio.lowlevel.TrioToken) -> None:
-            if ready is not None:
-                ready()
-
-        trio.run(_main, started, threading.current_thread() is threading.main_thread())
+        trio.run(_main, _ready_hook(ready), threading.current_thread() is threading.main_thread())
     finally:
         _unmount()
+
+
+def _ready_hook(ready: Callable[[], None] | None) -> Callable[[trio.lowlevel.TrioToken], None]:
+    """A `started` hook that runs `ready` in a worker thread.
+
+    Not on the trio thread: `ready` may well look at the mount, and a FUSE
+    request from the thread that must answer it would never be answered.
+    """
+    def started(token: trio.lowlevel.TrioToken) -> None:
+        if ready is not None:
+            threading.Thread(target=ready, name="mountd ready", daemon=True).start()
+
+    return started
 
 
 class MountHandle:

@@ -209,12 +209,7 @@ class Tree:
     # -- directories ---------------------------------------------------------
 
     def children(self, node: Node) -> list[tuple[str, Node]]:
-        """The entries of directory `node`, in a stable order.
-
-        The order is by increasing pid / object id for `proc/` and `objects/`,
-        so a listing resumed at an offset neither repeats nor skips an entry
-        while processes come and go (see `fs.VMFS.readdir`).
-        """
+        """The entries of directory `node`: fixed order, or by pid / object id."""
         kind = node.kind
         if node.mode is not Mode.DIR:
             raise pyfuse3.FUSEError(errno.ENOTDIR)

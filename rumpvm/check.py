@@ -157,8 +157,9 @@ def check_kernel(k: "Kernel") -> list[str]:
     if k.swap is not None:
         if any(c > 1 for c in slots.values()):
             errs.append("a swap slot is used twice")
-        if k.swap.inuse != len(slots) or any(not k.swap.slotmap[s] for s in slots):
-            errs.append(f"swap inuse {k.swap.inuse} != {len(slots)} slots referenced")
+        held = len(slots) + len(k.pagedaemon.inflight)
+        if k.swap.inuse != held or any(not k.swap.slotmap[s] for s in slots):
+            errs.append(f"swap inuse {k.swap.inuse} != {held} slots referenced or being written")
         if k.swap.slotmap.count(1) != k.swap.inuse:
             errs.append("swap slot map disagrees with its count")
     elif slots:

@@ -28,12 +28,14 @@ from typing import TYPE_CHECKING, Callable
 
 from .constants import PAGE_SIZE
 from .errors import VMError
-from .page import VMPage
+from .page import ACTIVE, VMPage
+from .physmem import PDRESERVE_PAGES
 from .pmap import page_remove_all
 from .policy import POLICIES, Policy
 
 if TYPE_CHECKING:
     from .kernel import Kernel
+    from .object import VMObject
 
 log = logging.getLogger("rumpvm.pagedaemon")
 
@@ -56,6 +58,7 @@ class Pagedaemon:
         self.stalled = False
         self.stopping = False
         self.reclaimers: list[Callable[[], int]] = []
+        self.inflight: set[int] = set()  # swap slots being written (pages busy)
         self.thread = threading.Thread(target=self._run, name="pagedaemon", daemon=True)
         self.autotune()
 
@@ -128,7 +131,10 @@ class Pagedaemon:
         pm = self.k.physmem
         if pm.limit is None:
             return 0
-        return self.freetarg - pm.avail_pages() if pm.avail_pages() < self.freetarg else 0
+        # Not avail_pages(): that stops at 0, and after the limit was lowered
+        # the whole overshoot must be freed in one scan.
+        avail = (pm.limit - pm.resident) // PAGE_SIZE - PDRESERVE_PAGES
+        return max(0, self.freetarg - avail)
 
     def _run(self) -> None:
         k = self.k
@@ -158,7 +164,7 @@ class Pagedaemon:
             short -= reclaim()
         if short <= 0:
             return
-        batch: list[VMPage] = []
+        batch: list[tuple[VMPage, VMObject]] = []
         for page in self._policy.victims(k, short):
             if page.busy or page.wire_count or not page.queue:
                 if page.queue:
@@ -176,7 +182,7 @@ class Pagedaemon:
                 page_remove_all(page)
                 k.queues.dequeue(page)
                 obj.pip += 1
-                batch.append(page)
+                batch.append((page, obj))
                 short -= 1
                 if len(batch) >= CLUSTER_MAX:
                     self.flush(batch)
@@ -188,78 +194,81 @@ class Pagedaemon:
                 break
         self.flush(batch)
 
-    def flush(self, batch: list[VMPage]) -> None:
-        """Write busy pages to swap in clusters and free them."""
+    def flush(self, batch: list[tuple[VMPage, "VMObject"]]) -> None:
+        """Write busy pages to swap in clusters of consecutive pages of one
+        object, and free them.  `batch` pairs each page with the object that
+        owned it when it was made busy (the page may be disowned meanwhile:
+        its object can die while the lock is dropped for an earlier write)."""
+        k = self.k
+        batch.sort(key=lambda po: (po[1].id, po[0].pindex))
+        i = 0
+        try:
+            while i < len(batch):
+                page, obj = batch[i]
+                if page.obj is not obj:  # released while we wrote earlier runs
+                    self._finish(page, obj, None)
+                    i += 1
+                    continue
+                j = i + 1
+                while (j < len(batch) and batch[j][1] is obj and batch[j][0].obj is obj
+                       and batch[j][0].pindex == batch[j - 1][0].pindex + 1):
+                    j += 1
+                for p, _ in batch[i:j]:  # a re-dirtied page gets a fresh slot
+                    old = obj.swap.pop(p.pindex, None)
+                    if old is not None:
+                        k.swap_free(old)
+                got = k.swap.alloc(j - i)  # type: ignore[union-attr]
+                if got is None:
+                    break
+                first, n = got
+                self._write(first, batch[i:i + n])
+                i += n
+        finally:
+            for page, obj in batch[i:]:  # swap full, or an error: give them back
+                self._finish(page, obj, None)
+
+    def _write(self, first: int, run: list[tuple[VMPage, "VMObject"]]) -> None:
         k = self.k
         swap = k.swap
-        assert swap is not None or not batch
-        batch.sort(key=lambda p: (p.obj.id, p.pindex))  # type: ignore[union-attr]
-        i = 0
-        while i < len(batch):
-            j = i + 1
-            while (j < len(batch) and batch[j].obj is batch[i].obj
-                   and batch[j].pindex == batch[j - 1].pindex + 1):
-                j += 1
-            run = batch[i:j]
-            for page in run:  # a re-dirtied page gets a fresh slot
-                old = page.obj.swap.pop(page.pindex, None)  # type: ignore[union-attr]
-                if old is not None:
-                    k.swap_free(old)
-            got = swap.alloc(len(run))  # type: ignore[union-attr]
-            if got is None:
-                self._abort(batch[i:])
-                return
-            first, n = got
-            run = run[:n]
-            self._write(first, run)
-            i += n
-
-    def _write(self, first: int, run: list[VMPage]) -> None:
-        k = self.k
+        assert swap is not None
+        self.inflight.update(range(first, first + len(run)))
         k.lock.release()
         err: OSError | None = None
         try:
-            k.swap.write(first, [p.addr for p in run])  # type: ignore[union-attr]
+            swap.write(first, [p.addr for p, _ in run])
         except OSError as ex:
             err = ex
         finally:
             k.lock.acquire()
-        for n, page in enumerate(run):
-            obj = page.obj
-            page.busy = False
-            if page.wanted:
-                page.wanted = False
-                k.page_cv.notify_all()
-            if page.released or obj is None:
-                k.swap_free(first + n)
-                k.page_free(page)
-                continue
-            obj.pip -= 1
-            if err is not None:
-                k.swap_free(first + n)
-                k.queues.enqueue(page, 1)
-                continue
-            obj.swap[page.pindex] = first + n
-            k.page_free(page)
-            k.uvmexp.pageouts += 1
-            k.uvmexp.pdfreed += 1
+            self.inflight.difference_update(range(first, first + len(run)))
+        for n, (page, obj) in enumerate(run):
+            slot = first + n
+            if err is not None or page.obj is not obj:
+                k.swap_free(slot)
+                slot = None
+            self._finish(page, obj, slot)
         if err is not None:
             log.error("swap write failed: %s", err)
 
-    def _abort(self, pages: list[VMPage]) -> None:
-        """Swap is full: give the pages back to the active queue."""
+    def _finish(self, page: VMPage, obj: "VMObject", slot: int | None) -> None:
+        """End a page's pageout: with a slot, the page is clean on swap and
+        freed; without, it goes back to the active queue (or is freed if its
+        owner let go of it meanwhile)."""
         k = self.k
-        for page in pages:
-            page.busy = False
-            if page.obj is not None:
-                page.obj.pip -= 1
-            if page.released or page.obj is None:
-                k.page_free(page)
-            else:
-                k.queues.enqueue(page, 1)
-            if page.wanted:
-                page.wanted = False
-                k.page_cv.notify_all()
+        obj.pip -= 1
+        page.busy = False
+        if page.wanted:
+            page.wanted = False
+            k.page_cv.notify_all()
+        if page.obj is not obj:
+            k.page_free(page)
+        elif slot is not None:
+            obj.swap[page.pindex] = slot
+            k.page_free(page)
+            k.uvmexp.pageouts += 1
+            k.uvmexp.pdfreed += 1
+        else:
+            k.queues.enqueue(page, ACTIVE)
 
     def status(self) -> dict[str, str | int]:
         k = self.k

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from fusemount import mounted
+
 from rumpvm import PAGE_SIZE
 from rumpvm.demo import DemoWorkload
 

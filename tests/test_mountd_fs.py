@@ -12,11 +12,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from fusemount import (
     STATUS_LINE,
     STATUS_VM_LINE,
@@ -30,6 +30,7 @@ from fusemount import (
     mounted,
     run,
 )
+
 from rumpvm import MAP_ANON, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, PAGE_SIZE, PROT_READ, PROT_WRITE
 
 P = PAGE_SIZE
@@ -50,7 +51,9 @@ def swap_vm(small_kernel, tmp_path: Path) -> Iterator[Path]:
 
 
 def pattern(n: int, seed: int = 0) -> bytes:
-    return bytes((i * 7 + seed) & 0xFF for i in range(n))
+    """n bytes of (i * 7 + seed) mod 256: distinct per seed, period 256."""
+    period = bytes((i * 7 + seed) & 0xFF for i in range(256))
+    return (period * (n // 256 + 1))[:n]
 
 
 def read_mem(path: Path, addr: int, n: int) -> bytes:
@@ -181,7 +184,7 @@ def test_smaps_status_values(kernel, vm: Path) -> None:
             blocks.append({})
     infos = p.smaps()
     assert len(blocks) == len(infos)
-    for block, info in zip(blocks, infos):
+    for block, info in zip(blocks, infos, strict=True):
         assert block["Size"] == (info.entry.end - info.entry.start) >> 10
         assert block["Rss"] == info.rss >> 10 and block["Pss"] == info.pss >> 10
         assert block["Referenced"] == info.referenced >> 10 and block["Swap"] == info.swap >> 10
@@ -286,6 +289,17 @@ def test_reading_changes_nothing(kernel, vm: Path) -> None:
     assert (snapshot(kernel, p), snapshot(kernel, c)) == before
 
 
+def settle(kernel, p, timeout: float = 10.0) -> tuple[object, ...]:  # type: ignore[no-untyped-def]
+    """The snapshot once the pagedaemon has finished its work (3 equal polls)."""
+    deadline = time.monotonic() + timeout
+    polls = [snapshot(kernel, p)]
+    while len(polls) < 3 or not polls[-1] == polls[-2] == polls[-3]:
+        assert time.monotonic() < deadline, "the kernel never settled"
+        time.sleep(0.05)
+        polls.append(snapshot(kernel, p))
+    return polls[-1]
+
+
 def test_reading_swapped_memory_changes_nothing(small_kernel, swap_vm: Path) -> None:
     k = small_kernel
     p = k.spawn(name="swapper")
@@ -293,9 +307,8 @@ def test_reading_swapped_memory_changes_nothing(small_kernel, swap_vm: Path) -> 
     a = p.mmap(size)
     for off in range(0, size, 1 << 20):
         p.write(a + off, pattern(1 << 20, off >> 20))
-    swapped = [o for o in k.objects() if o.swapped]
-    assert swapped, "nothing was paged out"
-    before = snapshot(k, p)
+    before = settle(k, p)
+    assert any(o.swapped for o in k.objects()), "nothing was paged out"
     mem = swap_vm / "proc" / str(p.pid) / "mem"
     for off in range(0, size, 1 << 20):
         assert read_mem(mem, a + off, 1 << 20) == pattern(1 << 20, off >> 20)

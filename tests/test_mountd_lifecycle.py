@@ -7,20 +7,22 @@ in this process.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from fusemount import ensure_dir, mounted, wait_live, wait_unmounted
 
 import mountd
 import rumpvm
-from fusemount import ensure_dir, mounted, wait_live, wait_unmounted
 from mountd.server import mounted_fstype
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,3 +152,46 @@ def test_kernel_mount_handle_and_close(tmp_path: Path) -> None:
 def test_missing_mount_point(tmp_path: Path) -> None:
     with rumpvm.Kernel() as k, pytest.raises(FileNotFoundError):
         mountd.mount_in_thread(k, str(tmp_path / "absent"))
+
+
+def test_unmount_while_busy(tmp_path: Path) -> None:
+    """A file held open (or a shell cd'ed) inside the mount does not block unmount."""
+    mnt = tmp_path / "vm"
+    with rumpvm.Kernel() as k:
+        mnt.mkdir()
+        handle = mountd.mount_in_thread(k, str(mnt))
+        wait_live(mnt)
+        fd = os.open(mnt / "meminfo", os.O_RDONLY)
+        shell = subprocess.Popen(["sh", "-c", "sleep 30"], cwd=mnt / "proc")
+        try:
+            start = time.monotonic()
+            handle.unmount()
+            assert time.monotonic() - start < 1.0
+            assert mounted_fstype(str(mnt)) is None
+            with pytest.raises(OSError):
+                os.read(fd, 100)
+        finally:
+            # close() reports the dead connection (its FLUSH fails); the fd is gone anyway.
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            shell.kill()
+            shell.wait()
+
+
+def test_serve_calls_ready_and_returns_on_external_unmount(tmp_path: Path) -> None:
+    """`serve` off the main thread: no signal handlers; `fusermount3 -u` ends it."""
+    mnt = tmp_path / "vm"
+    mnt.mkdir()
+    seen: list[str] = []
+
+    def ready() -> None:  # runs while the server answers: it may use the mount
+        seen.append((mnt / "limit").read_text())
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+
+    with rumpvm.Kernel() as k:
+        server = threading.Thread(target=mountd.serve, args=(k, str(mnt)), kwargs={"ready": ready})
+        server.start()
+        server.join(timeout=10)
+        assert not server.is_alive()
+    assert seen == ["unlimited\n"]
+    assert mounted_fstype(str(mnt)) is None

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from fusemount import (
     MAPS_NAME_COLUMN,
     STATUS_LINE,
@@ -24,6 +23,7 @@ from fusemount import (
     check_kb_line,
     check_maps_line,
 )
+
 from mountd import render
 from rumpvm import INHERIT_COPY, INHERIT_NONE, MADV_NORMAL, MADV_RANDOM, PROT_EXEC, PROT_READ, PROT_WRITE
 from rumpvm.inspect import MapEntry, ProcStatus, SmapsInfo, SwapInfo
@@ -63,7 +63,7 @@ def test_regexes_accept_host_meminfo_vmstat_status_swaps() -> None:
         assert VMSTAT_LINE.fullmatch(line), line
     status = Path("/proc/self/status").read_text().splitlines()
     for label in ("Name", "State", "Tgid", "Pid", "PPid"):
-        assert any((m := STATUS_LINE.fullmatch(l)) and m["label"] == label for l in status)
+        assert any((m := STATUS_LINE.fullmatch(line)) and m["label"] == label for line in status)
     for line in status:
         if line.startswith(("VmSize", "VmLck", "VmRSS", "VmSwap")):
             m = STATUS_VM_LINE.fullmatch(line)
