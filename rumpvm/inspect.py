@@ -158,6 +158,9 @@ def _count(page, rss, pss, ref, anon, sc, sd, pc, pd):  # type: ignore[no-untype
     return rss, pss, ref, anon, sc, sd, pc, pd
 
 
+_ZEROS = memoryview(bytes(PAGE_SIZE))
+
+
 def _object_page_bytes(k: "Kernel", obj: "VMObject", pindex: int) -> bytes | None:
     """The bytes of page `pindex` as seen through `obj`'s chain (None: zeros)."""
     _, _, page, slot = vm_object.lookup(obj, pindex)
@@ -173,7 +176,7 @@ def peek_map(k: "Kernel", vmap: "VMMap", addr: int, length: int) -> bytes:
     """Bytes of [addr, addr+length) up to the first unmapped page, ignoring
     protection.  SegmentationFault if `addr` itself is unmapped."""
     from .fault import resolve
-    out = bytearray()
+    parts: list[bytes | memoryview] = []
     va, end = addr, addr + length
     while va < end:
         m, e = resolve(vmap, va)
@@ -182,19 +185,18 @@ def peek_map(k: "Kernel", vmap: "VMMap", addr: int, length: int) -> bytes:
                 raise SegmentationFault(va, 1, "SEGV_MAPERR")
             break
         stop = min(end, e.end)
+        rd = m.pmap.rd
         while va < stop:
             off = va & PAGE_MASK
             n = min(PAGE_SIZE - off, stop - va)
-            data = None
-            page = m.pmap.rd.get(va >> PAGE_SHIFT)
+            page = rd.get(va >> PAGE_SHIFT)
             if page is not None:
-                data = page.buf[page.off + off:page.off + off + n]
-            elif e.obj is not None:
-                full = _object_page_bytes(k, e.obj, e.pindex(va))
-                data = full[off:off + n] if full is not None else None
-            out += data if data is not None else bytes(n)
+                parts.append(page.buf[page.off + off:page.off + off + n])
+            else:
+                full = _object_page_bytes(k, e.obj, e.pindex(va)) if e.obj is not None else None
+                parts.append(full[off:off + n] if full is not None else _ZEROS[:n])
             va += n
-    return bytes(out)
+    return b"".join(parts)
 
 
 def peek_object(k: "Kernel", obj: "VMObject", offset: int, length: int) -> bytes:

@@ -47,8 +47,8 @@ class Pagedaemon:
         self.k = k
         self.cv = threading.Condition(k.lock)
         self._policy = self._make_policy(policy)
-        self.freemin = 0
-        self.freetarg = 0
+        self._freemin = 0
+        self._freetarg = 0
         self.tuned = False  # knobs set by hand are kept across limit changes
         self.state = "sleeping"
         self.wanted = False
@@ -93,10 +93,26 @@ class Pagedaemon:
             if not 0 <= fmin <= ftarg or ftarg < 1 or (limit is not None and ftarg >= limit // PAGE_SIZE):
                 raise VMError(errno.EINVAL, f"need 0 <= freemin <= freetarg, 1 <= freetarg < limit pages;"
                                             f" got freemin={fmin} freetarg={ftarg}")
-            self.freemin, self.freetarg = fmin, ftarg
+            self._freemin, self._freetarg = fmin, ftarg
             self.tuned = True
             self.stalled = False
             self.wake()
+
+    @property
+    def freemin(self) -> int:
+        return self._freemin
+
+    @freemin.setter
+    def freemin(self, value: int) -> None:
+        self.set_knobs(freemin=value)
+
+    @property
+    def freetarg(self) -> int:
+        return self._freetarg
+
+    @freetarg.setter
+    def freetarg(self, value: int) -> None:
+        self.set_knobs(freetarg=value)
 
     def autotune(self) -> None:
         """Defaults from the limit: wake at 95% full, scan back to 90%."""
@@ -104,8 +120,8 @@ class Pagedaemon:
             return
         limit = self.k.physmem.limit
         pages = (limit // PAGE_SIZE) if limit is not None else 0
-        self.freemin = max(4, pages // 20) if pages else 0
-        self.freetarg = max(self.freemin + 4, pages // 10) if pages else 1
+        self._freemin = max(4, pages // 20) if pages else 0
+        self._freetarg = max(self._freemin + 4, pages // 10) if pages else 1
 
     # -- the thread ------------------------------------------------------------
 

@@ -21,8 +21,12 @@ Semantics encoded here (DESIGN.md "Public API", the BSD seeds, POSIX):
   address or offset, unknown prot/flag/inheritance/advice bits, an overflow
   of addr+length, or a range outside [VM_MIN_ADDRESS, VM_MAXUSER_ADDRESS)
   -> EINVAL;
+- a prot argument may carry PROT_MAX(m) (FreeBSD 13, README): mmap sets the
+  page's max_prot to m (PROT_ALL without it); cur beyond m -> EINVAL;
+  mprotect with PROT_MAX(m) lowers max_prot to m (m beyond the current
+  max_prot -> EACCES), without it cur beyond max_prot -> EACCES;
 - mmap without MAP_FIXED: first fit at or after the hint; MAP_FIXED replaces
-  whatever was mapped in the range; max protection is PROT_ALL; MAP_SHARED
+  whatever was mapped in the range; MAP_SHARED
   mappings inherit INHERIT_SHARE (FreeBSD vm_mmap: "shared memory is also
   shared with children"), MAP_PRIVATE ones INHERIT_COPY;
 - munmap of unmapped space is fine (POSIX);
@@ -152,6 +156,16 @@ class Model:
         return g
 
     @staticmethod
+    def split_prot(prot: int) -> tuple[int, int | None]:
+        """(cur, max or None) of a prot argument; EINVAL for bad bits."""
+        if prot < 0 or prot & ~(PROT_ALL | PROT_ALL << 16):
+            raise ModelError(errno.EINVAL, "bad prot")
+        cur, mx = prot & PROT_ALL, (prot >> 16) & PROT_ALL
+        if mx and cur & ~mx:
+            raise ModelError(errno.EINVAL, "prot beyond its own PROT_MAX")
+        return cur, (mx or None)
+
+    @staticmethod
     def check_range(addr: int, length: int) -> tuple[int, int]:
         """EINVAL checks common to every range call; returns (vpn, npages)."""
         if addr & PAGE_MASK:
@@ -182,8 +196,7 @@ class Model:
         offset: int = 0,
     ) -> int | None:
         """Returns the address, or None when the kernel may choose (hint 0)."""
-        if prot & ~PROT_ALL:
-            raise ModelError(errno.EINVAL, "bad prot")
+        self.split_prot(prot)
         if flags & ~MAP_FLAGS_VALID:
             raise ModelError(errno.EINVAL, "bad flags")
         if (flags & MAP_SHARED) and (flags & MAP_PRIVATE):
@@ -218,6 +231,7 @@ class Model:
         obj: int | None, offset: int,
     ) -> None:
         """Install a mapping at vpn (after the kernel chose it, or fixed)."""
+        prot, mx = self.split_prot(prot)
         shared = bool(flags & MAP_SHARED)
         inh = INHERIT_SHARE if shared else INHERIT_COPY
         if shared and obj is None:
@@ -233,7 +247,7 @@ class Model:
                 g = self.new_group(self.mem[src] if src else None)
             else:
                 g = self.new_group()
-            sp.pages[vpn + i] = Page(prot, PROT_ALL, inh, shared, g)
+            sp.pages[vpn + i] = Page(prot, mx or PROT_ALL, inh, shared, g)
 
     def munmap(self, sp: Space, addr: int, length: int) -> None:
         vpn, n = self.check_range(addr, length)
@@ -241,15 +255,16 @@ class Model:
             sp.pages.pop(v, None)
 
     def mprotect(self, sp: Space, addr: int, length: int, prot: int) -> None:
-        if prot & ~PROT_ALL:
-            raise ModelError(errno.EINVAL, "bad prot")
         vpn, n = self.check_range(addr, length)
+        cur, mx = self.split_prot(prot)
         self.require_mapped(sp, vpn, n)
         for v in range(vpn, vpn + n):
-            if prot & ~sp.pages[v].max_prot:
+            if (mx if mx else cur) & ~sp.pages[v].max_prot:
                 raise ModelError(errno.EACCES, "beyond max_prot")
         for v in range(vpn, vpn + n):
-            sp.pages[v].prot = prot
+            if mx:
+                sp.pages[v].max_prot = mx
+            sp.pages[v].prot = cur
 
     def minherit(self, sp: Space, addr: int, length: int, inh: int) -> None:
         if inh not in INHERIT_VALID:

@@ -28,6 +28,7 @@ from rumpvm import (
     MAP_SHARED,
     PAGE_SIZE,
     PROT_EXEC,
+    PROT_MAX,
     PROT_NONE,
     PROT_READ,
     PROT_WRITE,
@@ -267,14 +268,54 @@ def test_mmap_max_prot_is_all_so_mprotect_can_raise(p):
     assert entry_at(p, BASE).prot == PROT_ALL
 
 
-def test_mprotect_beyond_max_prot_eacces(p):
-    """The only entries with max_prot < PROT_ALL are ones the kernel made."""
-    limited = [e for e in p.maps() if e.max_prot != PROT_ALL]
-    if not limited:
-        pytest.skip("no public way to lower max_prot: no entry has max_prot < PROT_ALL")
-    e = limited[0]
-    beyond = PROT_ALL & ~e.max_prot
-    expect_errno(p, errno.EACCES, p.mprotect, e.start, P, e.max_prot | beyond)
+def test_prot_max_sets_max_prot(p):
+    fixed(p, BASE, 1, prot=PROT_READ | PROT_MAX(RW))
+    e = entry_at(p, BASE)
+    assert (e.prot, e.max_prot) == (PROT_READ, RW)
+    p.mprotect(BASE, P, RW)
+    p.write(BASE, b"ok")
+
+
+@pytest.mark.parametrize("prot", [PROT_ALL, PROT_EXEC, PROT_READ | PROT_EXEC])
+def test_mprotect_beyond_max_prot_eacces(p, prot):
+    fixed(p, BASE, 2, prot=PROT_READ | PROT_MAX(RW))
+    expect_errno(p, errno.EACCES, p.mprotect, BASE, 2 * P, prot)
+
+
+def test_mprotect_eacces_on_a_later_entry_changes_nothing(p):
+    """Check first, then apply: the first entry must keep its protection."""
+    fixed(p, BASE, 1)  # max rwx
+    fixed(p, BASE + P, 1, prot=PROT_READ | PROT_MAX(PROT_READ))
+    p.write(BASE, b"first")
+    expect_errno(p, errno.EACCES, p.mprotect, BASE, 2 * P, RW)
+    expect_errno(p, errno.EACCES, p.mprotect, BASE, 2 * P, PROT_NONE | PROT_MAX(RW))
+    assert entry_at(p, BASE).prot == RW and entry_at(p, BASE).max_prot == PROT_ALL
+    p.write(BASE, b"still")
+
+
+def test_mprotect_prot_max_only_lowers(p):
+    fixed(p, BASE, 1)
+    p.mprotect(BASE, P, PROT_READ | PROT_MAX(RW))
+    e = entry_at(p, BASE)
+    assert (e.prot, e.max_prot) == (PROT_READ, RW)
+    p.mprotect(BASE, P, RW)  # within the new max
+    expect_errno(p, errno.EACCES, p.mprotect, BASE, P, PROT_READ | PROT_MAX(PROT_ALL))
+    expect_errno(p, errno.EACCES, p.mprotect, BASE, P, PROT_ALL)
+
+
+@pytest.mark.parametrize("prot", [RW | PROT_MAX(PROT_READ), PROT_EXEC | PROT_MAX(RW),
+                                  PROT_READ | PROT_MAX(0x8), PROT_READ | (1 << 24)])
+def test_prot_beyond_its_own_max_or_bad_max_is_einval(p, prot):
+    fixed(p, BASE, 1)
+    expect_errno(p, errno.EINVAL, p.mmap, P, prot=prot)
+    expect_errno(p, errno.EINVAL, p.mprotect, BASE, P, prot)
+
+
+def test_max_prot_survives_fork(p):
+    fixed(p, BASE, 1, prot=PROT_READ | PROT_MAX(PROT_READ))
+    c = p.fork()
+    assert entry_at(c, BASE).max_prot == PROT_READ
+    expect_errno(c, errno.EACCES, c.mprotect, BASE, P, RW)
 
 
 # -- SegmentationFault --------------------------------------------------------------

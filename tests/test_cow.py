@@ -14,6 +14,8 @@ import pytest
 
 import rumpvm
 from rumpvm import (
+    MADV_DONTNEED,
+    MADV_FREE,
     INHERIT_COPY,
     INHERIT_NONE,
     INHERIT_SHARE,
@@ -428,3 +430,60 @@ def test_long_lived_children_then_exit_collapses(k, p):
     assert chain_length(k, p, a) <= 2
     assert p.read(a, 5) == b"gen10"
     k.check()
+
+
+def test_exit_parent_fork_child_generations_keep_chains_bounded(k, p):
+    """The daemon pattern: each generation forks, then the parent exits."""
+    a = p.mmap(4 * P)
+    p.write(a, b"gen-0")
+    cur = p
+    for i in range(1, 300):
+        nxt = cur.fork()
+        cur.exit()
+        nxt.write(a + (i % 4) * P, f"gen-{i}".encode())
+        assert chain_length(k, nxt, a) <= 3
+        cur = nxt
+    assert cur.read(a + (299 % 4) * P, 7) == b"gen-299"
+    assert cur.read(a + (296 % 4) * P, 7) == b"gen-296"
+    k.check()
+
+
+# -- madvise and COW -----------------------------------------------------------------------------------
+
+
+def test_madv_dontneed_keeps_data_across_cow(k, p):
+    a = p.mmap(2 * P)
+    p.write(a, b"kept")
+    c = p.fork()
+    p.write(a + P, b"mine")
+    p.madvise(a, 2 * P, MADV_DONTNEED)  # BSD: data kept (README)
+    c.madvise(a, 2 * P, MADV_DONTNEED)
+    assert p.read(a, 4) == b"kept" and p.read(a + P, 4) == b"mine"
+    assert c.read(a, 4) == b"kept" and c.read(a + P, 4) == bytes(4)
+
+
+def test_madv_free_private_reads_zeros(k, p):
+    a = p.mmap(2 * P)
+    p.write(a, page(0x61, 2 * P))
+    p.madvise(a, 2 * P, MADV_FREE)
+    assert p.read(a, 2 * P) == bytes(2 * P)  # README: discarded at once
+
+
+def test_madv_free_keeps_shared_memory(k, p):
+    o = k.create_object(P)
+    a = p.mmap(P, flags=MAP_SHARED, obj=o)
+    p.write(a, b"shared data")
+    p.madvise(a, P, MADV_FREE)  # only private pages are discarded
+    assert p.read(a, 11) == b"shared data"
+
+
+def test_madv_free_after_cow_write_does_not_resurrect_prefork_data(k, p):
+    """The parent's own copy is discarded; it must not read the older bytes
+    of the object it was copied from (README: they read back as zeros)."""
+    a = p.mmap(P)
+    p.write(a, b"old!")
+    c = p.fork()
+    p.write(a, b"new!")
+    p.madvise(a, P, MADV_FREE)
+    assert c.read(a, 4) == b"old!"
+    assert p.read(a, 4) == bytes(4)

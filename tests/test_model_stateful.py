@@ -46,6 +46,7 @@ from rumpvm import (
     MAP_SHARED,
     PAGE_SIZE,
     PROT_EXEC,
+    PROT_MAX,
     PROT_NONE,
     PROT_READ,
     PROT_WRITE,
@@ -76,7 +77,12 @@ starts = st.one_of(
 # mostly whole pages; sometimes zero/negative (EINVAL) or one byte (rounding)
 lengths = st.sampled_from([P, P, 2 * P, 2 * P, 3 * P, 4 * P, 6 * P, 0, -P, 1, P + 1])
 RW = PROT_READ | PROT_WRITE
-prots = st.sampled_from([PROT_NONE, PROT_READ, RW, RW, RW, PROT_READ | PROT_EXEC, RW | PROT_EXEC, 0x8])
+prots = st.sampled_from([
+    PROT_NONE, PROT_READ, RW, RW, RW, PROT_READ | PROT_EXEC, RW | PROT_EXEC,
+    PROT_READ | PROT_MAX(PROT_READ), PROT_READ | PROT_MAX(RW), RW | PROT_MAX(RW),
+    PROT_NONE | PROT_MAX(PROT_READ | PROT_EXEC),
+    0x8, RW | PROT_MAX(PROT_READ),  # EINVAL: unknown bit; cur beyond its max
+])
 inherits = st.sampled_from([INHERIT_SHARE, INHERIT_COPY, INHERIT_COPY, INHERIT_NONE, 3])
 advices = st.sampled_from([MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, MADV_WILLNEED, MADV_DONTNEED, 42])
 byte_offsets = st.integers(0, P - 1)
