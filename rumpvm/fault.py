@@ -17,13 +17,16 @@ the fault" pattern).  Page-in runs with the page busy and no lock held.
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING
 
 import hypercall
 
 from . import object as vm_object
-from .constants import PAGE_SHIFT, PROT_READ, PROT_WRITE
-from .errors import OutOfMemory, SegmentationFault
+
+from .constants import MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, PAGE_SHIFT, PROT_READ, PROT_WRITE
+from .errors import OutOfMemory, SegmentationFault, VMError
+from .page import INACTIVE
 from .pmap import page_remove_all
 
 if TYPE_CHECKING:
@@ -116,7 +119,7 @@ def _fault(k: "Kernel", vmap: "VMMap", va: int, access: int, wire: bool) -> "VMP
         k.page_cv.wait()
         raise _Retry
     if slot is not None:
-        pagein(k, o, pi, slot)
+        pagein(k, o, pi, slot, e.advice)
         raise _Retry
     if page is None:
         if not write and not wire:
@@ -143,34 +146,56 @@ def _fault(k: "Kernel", vmap: "VMMap", va: int, access: int, wire: bool) -> "VMP
     return page
 
 
-def pagein(k: "Kernel", obj: "VMObject", pindex: int, slot: int) -> None:
-    """Read a swapped page back into `obj` at `pindex`.  The page is busy and
-    the lock dropped during the read; a checksum failure raises EIO and
-    leaves the slot in place (so the page stays unreadable, not wrong)."""
-    page = _alloc(k, obj, pindex)
-    page.busy = page.fake = True
-    obj.pip += 1
+READAHEAD = {MADV_NORMAL: 7, MADV_SEQUENTIAL: 15, MADV_RANDOM: 0}
+
+
+def pagein(k: "Kernel", obj: "VMObject", pindex: int, slot: int, advice: int = MADV_NORMAL) -> None:
+    """Read a swapped page back into `obj` at `pindex`, with the following
+    pages of the object whose slots follow (read-ahead, one preadv) while
+    memory is plentiful.  The pages are busy and the lock dropped during the
+    read.  A checksum failure of the faulting page raises EIO and leaves the
+    slot in place (the page stays unreadable, never wrong); a bad read-ahead
+    page is just dropped."""
+    pages = [_alloc(k, obj, pindex)]
+    for n in range(1, READAHEAD.get(advice, 7) + 1):
+        pi = pindex + n
+        if (pi >= obj.size or obj.swap.get(pi) != slot + n or pi in obj.pages
+                or k.physmem.avail_pages() <= k.pagedaemon.freemin + 1):
+            break
+        page = k.page_alloc(obj, pi)
+        if page is None:
+            break
+        pages.append(page)
+    for page in pages:
+        page.busy = page.fake = True
+    obj.pip += len(pages)
     k.lockdrops += 1
     k.lock.release()
     err: OSError | None = None
+    good: list[bool] = []
     try:
-        k.swap.read(slot, page.addr)  # type: ignore[union-attr]
+        good = k.swap.read_run(slot, [p.addr for p in pages])  # type: ignore[union-attr]
     except OSError as ex:
         err = ex
     finally:
         k.lock.acquire()
-    obj.pip -= 1
-    page.busy = page.fake = False
-    if page.wanted:
-        page.wanted = False
-        k.page_cv.notify_all()
-    if page.released or err is not None:
-        k.page_free(page)
-        if err is not None and not page.released:
-            raise err
-        return
-    page.dirty = False  # the swap copy is valid until the page is written
-    k.uvmexp.pageins += 1
+    obj.pip -= len(pages)
+    for n, page in enumerate(pages):
+        page.busy = page.fake = False
+        if page.wanted:
+            page.wanted = False
+            k.page_cv.notify_all()
+        if page.released or err is not None or not good[n]:
+            k.page_free(page)
+            continue
+        page.dirty = False  # the swap copy is valid until the page is written
+        k.uvmexp.pageins += 1
+        if n:
+            k.queues.enqueue(page, INACTIVE)  # unused read-ahead leaves first
+    if err is None and not good[0] and not pages[0].released:
+        err = VMError(errno.EIO, f"swap slot {slot}: checksum mismatch")
+    if err is not None and not pages[0].released:
+        raise err
 
 
 def wire_range(k: "Kernel", vmap: "VMMap", start: int, end: int, access: int) -> None:

@@ -182,7 +182,8 @@ class Proc:
 
     def madvise(self, addr: int, length: int, advice: int) -> None:
         """madvise.  MADV_DONTNEED deactivates (BSD: data kept); MADV_FREE
-        discards the private pages of the range (they read back as zeros)."""
+        discards the pages of private, unshared, unshadowing memory (they read
+        back as zeros) and is a no-op elsewhere."""
         start, end = _range(addr, length)
         adv = _int("advice", advice)
         if adv not in MADV_VALID:
@@ -209,8 +210,10 @@ class Proc:
                             k.queues.enqueue(page, INACTIVE)
             elif adv == MADV_FREE:
                 for e in ents:
+                    # Only memory nobody else sees and that shadows nothing:
+                    # freed pages must read back as zeros, not as older data.
                     if e.obj is not None and not e.shared and not e.needs_copy and e.obj.ref_count == 1 \
-                            and not e.wired_count:
+                            and e.obj.backing is None and not e.wired_count:
                         s, t = max(start, e.start), min(end, e.end)
                         vmap.pmap.remove(s >> PAGE_SHIFT, t >> PAGE_SHIFT)
                         vm_object.page_remove(k, e.obj, e.pindex(s), e.pindex(t))

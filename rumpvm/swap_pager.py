@@ -65,11 +65,11 @@ class SwapPager:
             self.sums[first + i] = hypercall.checksum(addr)
         self.file.write_pages(first * PAGE_SIZE, addrs)
 
-    def read(self, slot: int, addr: int) -> None:
-        """Read a slot into the page at `addr`; EIO if it fails its checksum."""
-        self.file.read_pages(slot * PAGE_SIZE, [addr])
-        if hypercall.checksum(addr) != self.sums[slot]:
-            raise VMError(errno.EIO, f"swap slot {slot}: checksum mismatch")
+    def read_run(self, first: int, addrs: Sequence[int]) -> list[bool]:
+        """Read consecutive slots into the pages at `addrs` (one preadv);
+        returns, per page, whether it passed its checksum."""
+        self.file.read_pages(first * PAGE_SIZE, addrs)
+        return [hypercall.checksum(a) == self.sums[first + i] for i, a in enumerate(addrs)]
 
     def peek(self, slot: int) -> bytes:
         """A slot's contents as bytes, verified, without touching any page."""

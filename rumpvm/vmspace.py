@@ -46,8 +46,7 @@ def _copy_wired(k: "Kernel", old: VMMap, d: VMMapEntry) -> None:
     """vm_fault_copy_entry: give the child its own copy of wired memory.
     Allocation does not wait (the parent's map is not stable across a
     sleep): without memory the fork fails with OutOfMemory."""
-    d.obj = vm_object.allocate(k, d.npages)
-    d.offset = 0
+    assert d.obj is not None
     for i, vpn in enumerate(range(d.start >> PAGE_SHIFT, d.end >> PAGE_SHIFT)):
         src = old.wired.get(vpn)
         if src is None:
@@ -78,8 +77,11 @@ def vmspace_fork(k: "Kernel", old: VMMap, name: str) -> VMMap:
             d = _copy_entry(e)
             e.obj.ref_count += 1
         elif e.wired_count:
+            # The child's own object, filled by _copy_wired once the map is
+            # built (POSIX: the child does not inherit the lock itself).
             d = _copy_entry(e)
-            d.obj = None  # filled by _copy_wired once the map is built
+            d.obj = vm_object.allocate(k, d.npages)
+            d.offset = 0
             d.needs_copy = False
             wired.append(d)
         else:
@@ -89,7 +91,11 @@ def vmspace_fork(k: "Kernel", old: VMMap, name: str) -> VMMap:
                 e.needs_copy = d.needs_copy = True
                 old.pmap.write_protect(e.start >> PAGE_SHIFT, e.end >> PAGE_SHIFT)
         new.insert(d)
-    for d in wired:
-        _copy_wired(k, old, d)
+    try:
+        for d in wired:
+            _copy_wired(k, old, d)
+    except BaseException:
+        new.destroy()  # a failed fork leaves nothing behind
+        raise
     return new
 

@@ -34,6 +34,9 @@ Semantics encoded here (DESIGN.md "Public API", the BSD seeds, POSIX):
   entry's max protection -> EACCES;
 - minherit is not in the ENOMEM row: as FreeBSD's vm_map_inherit it sets the
   inheritance of whatever is mapped in the range and skips holes;
+- mlock needs the range mapped and readable (ENOMEM) and the wired total
+  within the wired limit (ENOMEM); munlock/msync need it mapped (ENOMEM);
+  mlock is not nested: one munlock unwires;
 - read/write check the whole range first; the first page that is unmapped
   (SEGV_MAPERR) or lacks the needed protection (SEGV_ACCERR) faults, with
   `addr` the first byte of the range inside that page; nothing is copied;
@@ -96,6 +99,7 @@ class Page:
     # into a child by INHERIT_COPY) -> not compared.
     shared: bool | None
     group: int  # key into Model.mem; equal groups see each other's writes
+    wired: bool = False  # mlock'd (not inherited by a child)
 
 
 @dataclass
@@ -278,6 +282,30 @@ class Model:
         """Contents are kept for every advice but MADV_FREE (not modelled)."""
         if advice not in MADV_VALID:
             raise ModelError(errno.EINVAL, "bad advice")
+        vpn, n = self.check_range(addr, length)
+        self.require_mapped(sp, vpn, n)
+
+    def mlock(self, sp: Space, addr: int, length: int, wired_now: int = 0,
+              wired_limit: int | None = None) -> None:
+        """`wired_now`: pages wired by mlock in all spaces; limit in bytes."""
+        vpn, n = self.check_range(addr, length)
+        self.require_mapped(sp, vpn, n)
+        pages = [sp.pages[v] for v in range(vpn, vpn + n)]
+        if any(not pg.prot & PROT_READ for pg in pages):
+            raise ModelError(errno.ENOMEM, "cannot wire pages without read access")
+        new = sum(1 for pg in pages if not pg.wired)
+        if wired_limit is not None and (wired_now + new) * PAGE_SIZE > wired_limit:
+            raise ModelError(errno.ENOMEM, "over the wired limit")
+        for pg in pages:
+            pg.wired = True
+
+    def munlock(self, sp: Space, addr: int, length: int) -> None:
+        vpn, n = self.check_range(addr, length)
+        self.require_mapped(sp, vpn, n)
+        for v in range(vpn, vpn + n):
+            sp.pages[v].wired = False
+
+    def msync(self, sp: Space, addr: int, length: int) -> None:
         vpn, n = self.check_range(addr, length)
         self.require_mapped(sp, vpn, n)
 

@@ -90,9 +90,11 @@ sizes = st.one_of(st.integers(1, 64), st.integers(1, 2 * P + 16))
 
 
 class VMStateMachine(RuleBasedStateMachine):
+    KERNEL_ARGS: dict = {}
+
     def __init__(self) -> None:
         super().__init__()
-        self.k = rumpvm.Kernel()
+        self.k = rumpvm.Kernel(**self.KERNEL_ARGS)
         self.k.__enter__()
         self.m = Model()
         p = self.k.spawn(name="m0")
@@ -288,6 +290,31 @@ class VMStateMachine(RuleBasedStateMachine):
             got, expected = r
             assert got == expected, f"read({addr:#x}, {n}) returned different bytes"
 
+    @rule(i=procs, start=starts, length=lengths)
+    def mlock(self, i, start, length):
+        p, sp = self.pick(i)
+        start = self.page_of(sp, start)
+        addr = BASE + start * P
+        wired_now = sum(pg.wired for _, s in self.procs for pg in s.pages.values())
+        self.both(f"p{p.pid}.mlock({addr:#x}, {length})", lambda: p.mlock(addr, length),
+                  lambda: self.m.mlock(sp, addr, length, wired_now, self.k.wired_limit))
+
+    @rule(i=procs, start=starts, length=lengths)
+    def munlock(self, i, start, length):
+        p, sp = self.pick(i)
+        start = self.page_of(sp, start)
+        addr = BASE + start * P
+        self.both(f"p{p.pid}.munlock({addr:#x}, {length})",
+                  lambda: p.munlock(addr, length), lambda: self.m.munlock(sp, addr, length))
+
+    @rule(i=procs, start=starts, length=lengths)
+    def msync(self, i, start, length):
+        p, sp = self.pick(i)
+        start = self.page_of(sp, start)
+        addr = BASE + start * P
+        self.both(f"p{p.pid}.msync({addr:#x}, {length})",
+                  lambda: p.msync(addr, length), lambda: self.m.msync(sp, addr, length))
+
     @precondition(lambda self: len(self.procs) < MAX_PROCS)
     @rule(i=procs)
     def fork(self, i):
@@ -333,6 +360,7 @@ class VMStateMachine(RuleBasedStateMachine):
             assert e.prot == pg.prot, f"{where}: prot {e.prot}, model {pg.prot}"
             assert e.max_prot == pg.max_prot, f"{where}: max_prot {e.max_prot}, model {pg.max_prot}"
             assert e.inheritance == pg.inheritance, f"{where}: inheritance {e.inheritance}, model {pg.inheritance}"
+            assert bool(e.wired) == pg.wired, f"{where}: wired {e.wired}, model {pg.wired}"
             if pg.shared is not None:
                 assert bool(e.shared) == pg.shared, f"{where}: shared {e.shared}, model {pg.shared}"
         for vpn, n in Model.runs(sp):
@@ -357,6 +385,18 @@ TestVMModel.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+
+
+class VMUnderPressure(VMStateMachine):
+    """The same sequences under a memory limit smaller than what they touch,
+    so pages go to swap and come back (through COW and sharing) while the
+    model is compared; peek must see swapped pages without paging them in."""
+
+    KERNEL_ARGS = {"memlimit": "512K", "swap": "16M"}
+
+
+TestVMModelUnderPressure = VMUnderPressure.TestCase
+TestVMModelUnderPressure.settings = settings(TestVMModel.settings, max_examples=30)
 
 
 def _stress_selected(config) -> bool:
