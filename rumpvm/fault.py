@@ -146,7 +146,7 @@ def _fault(k: "Kernel", vmap: "VMMap", va: int, access: int, wire: bool) -> "VMP
     return page
 
 
-READAHEAD = {MADV_NORMAL: 7, MADV_SEQUENTIAL: 15, MADV_RANDOM: 0}
+READAHEAD = {MADV_NORMAL: 7, MADV_SEQUENTIAL: 15, MADV_RANDOM: 0}  # pages after the faulting one
 
 
 def pagein(k: "Kernel", obj: "VMObject", pindex: int, slot: int, advice: int = MADV_NORMAL) -> None:
@@ -157,7 +157,10 @@ def pagein(k: "Kernel", obj: "VMObject", pindex: int, slot: int, advice: int = M
     slot in place (the page stays unreadable, never wrong); a bad read-ahead
     page is just dropped."""
     pages = [_alloc(k, obj, pindex)]
-    for n in range(1, READAHEAD.get(advice, 7) + 1):
+    # Read ahead only for a sequential pattern (the previous page-in of this
+    # object was just before), as vm_fault's sequential heuristic does.
+    ahead = READAHEAD.get(advice, 7) if advice == MADV_SEQUENTIAL or obj.last_pagein == pindex - 1 else 0
+    for n in range(1, ahead + 1):
         pi = pindex + n
         if (pi >= obj.size or obj.swap.get(pi) != slot + n or pi in obj.pages
                 or k.physmem.avail_pages() <= k.pagedaemon.freemin + 1):
@@ -166,6 +169,7 @@ def pagein(k: "Kernel", obj: "VMObject", pindex: int, slot: int, advice: int = M
         if page is None:
             break
         pages.append(page)
+    obj.last_pagein = pindex + len(pages) - 1
     for page in pages:
         page.busy = page.fake = True
     obj.pip += len(pages)

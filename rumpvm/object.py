@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 class VMObject:
     __slots__ = ("id", "type", "size", "ref_count", "handles", "pages", "swap",
-                 "backing", "backing_offset", "shadows", "pip", "dead", "kernel")
+                 "backing", "backing_offset", "shadows", "pip", "dead", "kernel", "last_pagein")
 
     def __init__(self, kernel: "Kernel", oid: int, size: int, type_: str = "anon") -> None:
         self.kernel = kernel
@@ -47,6 +47,7 @@ class VMObject:
         self.shadows: set[VMObject] = set()
         self.pip = 0
         self.dead = False
+        self.last_pagein = -2  # pindex of the last page-in (read-ahead heuristic)
 
     def __repr__(self) -> str:
         return f"<VMObject {self.id} {self.type} size={self.size} refs={self.ref_count}>"
