@@ -622,3 +622,35 @@ def test_mlock_munlock_wired_flag(p):
     assert not entry_at(p, BASE).wired and not entry_at(p, BASE + 2 * P).wired
     p.munlock(BASE + P, P)
     assert not entry_at(p, BASE + P).wired
+
+
+# -- the edges of the user address space ------------------------------------------------------
+
+
+def test_fixed_mappings_at_both_ends_of_user_space(p):
+    lo = fixed(p, VM_MIN_ADDRESS, 1)
+    hi = fixed(p, VM_MAXUSER_ADDRESS - P, 1)
+    p.write(lo, b"low")
+    p.write(hi + P - 4, b"high")
+    assert p.read(lo, 3) == b"low" and p.read(hi + P - 4, 4) == b"high"
+    expect_segv(p, p.read, hi + P - 2, 4, addr=VM_MAXUSER_ADDRESS, access=PROT_READ, code="SEGV_MAPERR")
+
+
+def test_no_space_is_enomem(p):
+    whole = VM_MAXUSER_ADDRESS - VM_MIN_ADDRESS
+    expect_errno(p, errno.ENOMEM, p.mmap, whole + P)
+    a = p.mmap(whole)  # the whole user space, lazily
+    assert a == VM_MIN_ADDRESS
+    p.write(VM_MAXUSER_ADDRESS - 1, b"!")
+    expect_errno(p, errno.ENOMEM, p.mmap, P)
+    expect_errno(p, errno.ENOMEM, p.mmap, P, addr=BASE)
+    p.munmap(BASE, P)
+    assert p.mmap(P) == BASE  # the only hole
+    p.munmap(VM_MIN_ADDRESS, whole)
+    assert p.maps() == []
+
+
+@pytest.mark.parametrize("call", ["read", "peek"])
+def test_negative_length_read_einval(p, call):
+    fixed(p, BASE, 1)
+    expect_errno(p, errno.EINVAL, getattr(p, call), BASE, -1)

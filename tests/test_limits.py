@@ -9,41 +9,17 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 import threading
 import time
 
 import pytest
 
 import rumpvm
+from pages import pattern, fill
 from rumpvm import PAGE_SIZE, VMError
 from rumpvm.physmem import MIN_LIMIT
 
 K, M, G = 1 << 10, 1 << 20, 1 << 30
-
-
-def pattern(tag: int, pg: int) -> bytes:
-    """A page of bytes unique to (tag, page index)."""
-    return struct.pack("<QQ", tag, pg) + bytes([(tag * 131 + pg * 7 + 1) & 0xFF]) * (PAGE_SIZE - 16)
-
-
-
-def quiet_check(k) -> None:
-    """k.check() once no pageout is in flight.  check() itself races with the
-    pagedaemon's swap write (see test_pagedaemon.py::test_check_passes_while_paging);
-    the other tests wait for the daemon to sleep so they test their own thing."""
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline:
-        with k.lock:
-            if k.pagedaemon.state == "sleeping" and not k.pagedaemon.wanted:
-                break
-        time.sleep(0.005)
-    k.check()
-
-
-def fill(p, addr: int, npages: int, tag: int) -> None:
-    for i in range(npages):
-        p.write(addr + i * PAGE_SIZE, pattern(tag, i))
 
 
 def verify(p, addr: int, npages: int, tag: int) -> None:
@@ -119,7 +95,7 @@ def test_env_limit_is_enforced(monkeypatch):
         with pytest.raises(rumpvm.OutOfMemory):
             fill(p, a, 2 * M // PAGE_SIZE, 7)  # no swap: cannot fit
         assert k.physmem.resident <= 1 * M
-        quiet_check(k)
+        k.check()
 
 
 # -- bad limits ------------------------------------------------------------------------
@@ -182,7 +158,7 @@ def test_bad_limit_at_runtime_keeps_old(value):
         # And the old limit is still enforced, not just reported.
         k.memlimit = "16M"
         assert k.memlimit == 16 * M
-        quiet_check(k)
+        k.check()
 
 
 def test_runtime_limit_accepts_suffixes_and_unlimited():
@@ -237,11 +213,11 @@ def test_lowering_limit_pages_out_down_to_it():
         assert s["pageouts"] > 0
         assert s["swpginuse"] > 0
         assert s["limitchanges"] == 1
-        quiet_check(k)
+        k.check()
         verify(p, a, n, 3)  # everything comes back from swap
         assert k.physmem.resident <= 4 * M
         assert k.stats()["pageins"] > 0
-        quiet_check(k)
+        k.check()
 
 
 def test_raising_limit_lets_work_continue():
@@ -256,7 +232,7 @@ def test_raising_limit_lets_work_continue():
         fill(p, a, n, 5)  # now it fits
         verify(p, a, n, 5)
         assert k.physmem.resident <= 8 * M
-        quiet_check(k)
+        k.check()
 
 
 def test_lower_then_raise_with_swap_keeps_data():
@@ -278,7 +254,7 @@ def test_lower_then_raise_with_swap_keeps_data():
         fill(p, c, 8 * M // PAGE_SIZE, 11)
         # With room again, new work does not page anything out.
         assert k.stats()["pageouts"] == pageouts
-        quiet_check(k)
+        k.check()
 
 
 # -- the wired limit -----------------------------------------------------------------------
@@ -314,7 +290,7 @@ def test_mlock_beyond_wired_limit_enomem_nothing_wired():
         assert _wired_entries(p) == []
         assert k.stats()["wired"] == wired0
         p.mlock(a + 1 * M, 1 * M)
-        quiet_check(k)
+        k.check()
 
 
 def test_default_wired_limit_is_a_fraction_of_the_limit():
@@ -331,7 +307,7 @@ def test_default_wired_limit_is_a_fraction_of_the_limit():
         assert k.stats()["wired"] == wired0
         p.mlock(a, (wl // PAGE_SIZE) * PAGE_SIZE)
         assert k.stats()["wired"] == wired0 + wl // PAGE_SIZE
-        quiet_check(k)
+        k.check()
 
 
 def test_wired_pages_never_paged_out():
@@ -361,7 +337,7 @@ def test_wired_pages_never_paged_out():
         verify(p, w, nw, 21)
         assert k.stats()["pageins"] == pageins  # reading wired memory needs no page-in
         assert k.physmem.resident <= 6 * M
-        quiet_check(k)
+        k.check()
         p.munlock(w, nw * PAGE_SIZE)
         assert k.stats()["wired"] == wired - nw
-        quiet_check(k)
+        k.check()

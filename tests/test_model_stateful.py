@@ -404,13 +404,14 @@ def _stress_selected(config) -> bool:
 
 
 @pytest.mark.stress
-def test_vm_model_stress(request):
+@pytest.mark.parametrize("machine", [VMStateMachine, VMUnderPressure], ids=["unlimited", "pressure"])
+def test_vm_model_stress(request, machine):
     if not _stress_selected(request.config):
         pytest.skip("stress run: select with -m stress or RUMPVM_STRESS=1")
     run_state_machine_as_test(
-        VMStateMachine,
+        machine,
         settings=settings(
-            max_examples=int(os.environ.get("RUMPVM_STRESS_EXAMPLES", "1500")),
+            max_examples=int(os.environ.get("RUMPVM_STRESS_EXAMPLES", "1000")),
             stateful_step_count=100,
             deadline=None,
             suppress_health_check=list(HealthCheck),

@@ -9,45 +9,17 @@ Issue 3, "Tests".  Sizes are small (a few MiB) so the file runs in seconds.
 from __future__ import annotations
 
 import errno
-import struct
 import threading
 import time
 
 import pytest
 
 import rumpvm
+from pages import pattern, fill, bad_pages
 from rumpvm import PAGE_SIZE, VMError
 
 M = 1 << 20
 POLICIES = ("clock", "lru", "fifo", "random")
-
-
-def pattern(tag: int, pg: int) -> bytes:
-    """A page of bytes unique to (tag, page index)."""
-    return struct.pack("<QQ", tag, pg) + bytes([(tag * 131 + pg * 7 + 1) & 0xFF]) * (PAGE_SIZE - 16)
-
-
-
-def quiet_check(k) -> None:
-    """k.check() once no pageout is in flight.  check() itself races with the
-    pagedaemon's swap write (see test_pagedaemon.py::test_check_passes_while_paging);
-    the other tests wait for the daemon to sleep so they test their own thing."""
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline:
-        with k.lock:
-            if k.pagedaemon.state == "sleeping" and not k.pagedaemon.wanted:
-                break
-        time.sleep(0.005)
-    k.check()
-
-
-def fill(p, addr: int, npages: int, tag: int, start: int = 0) -> None:
-    for i in range(start, npages):
-        p.write(addr + i * PAGE_SIZE, pattern(tag, i))
-
-
-def bad_pages(p, addr: int, npages: int, tag: int) -> list[int]:
-    return [i for i in range(npages) if p.read(addr + i * PAGE_SIZE, PAGE_SIZE) != pattern(tag, i)]
 
 
 class Sampler:
@@ -138,7 +110,7 @@ def test_four_threads_over_the_limit_every_byte_comes_back():
         assert st["pageouts"] >= (48 - 16) * M // PAGE_SIZE
         assert st["oomfails"] == 0
         assert st["resident"] <= st["memlimit"] == 16 * M
-        quiet_check(k)
+        k.check()
 
 
 # -- fork + COW under pressure ---------------------------------------------------------------
@@ -172,7 +144,7 @@ def test_fork_cow_under_pressure_stays_separate():
             fill(other, b, 6 * M // PAGE_SIZE, 5 + _round)  # and around again
         assert k.stats()["pageins"] > 0
         assert k.physmem.resident <= 4 * M
-        quiet_check(k)
+        k.check()
         # Writes after pages came back from swap still do not leak across.
         grandchild.write(a, b"G" * PAGE_SIZE)
         assert parent.read(a, PAGE_SIZE) == pattern(3, 0)
@@ -182,7 +154,7 @@ def test_fork_cow_under_pressure_stays_separate():
         assert grandchild.read(a + (n - 1) * PAGE_SIZE, PAGE_SIZE) == pattern(1, n - 1)
         grandchild.exit()
         assert bad_pages(parent, a, half, 3) == []
-        quiet_check(k)
+        k.check()
 
 
 def test_fork_children_under_pressure_in_threads():
@@ -216,10 +188,10 @@ def test_fork_children_under_pressure_in_threads():
         assert bad == {j: [] for j in range(len(procs))}
         assert s.over == []
         assert k.stats()["pageouts"] > 0
-        quiet_check(k)
+        k.check()
         for c in kids:
             c.exit()
-        quiet_check(k)
+        k.check()
 
 
 # -- policies ---------------------------------------------------------------------------------
@@ -246,7 +218,7 @@ def test_policy_keeps_data_under_pressure(policy):
         st = k.stats()
         assert st["pageouts"] > 0 and st["pageins"] > 0
         assert st["oomfails"] == 0
-        quiet_check(k)
+        k.check()
 
 
 def test_policy_switch_at_runtime_under_pressure():
@@ -264,7 +236,7 @@ def test_policy_switch_at_runtime_under_pressure():
             regions.append((a, 200 + r))
             for a2, tag in regions:  # everything written so far, under this policy
                 assert bad_pages(p, a2, n, tag) == [], f"after switching to {policy}"
-            quiet_check(k)
+            k.check()
         assert k.stats()["pageouts"] > 0
         assert k.physmem.resident <= 2 * M
 
@@ -299,7 +271,7 @@ def test_policy_switch_while_threads_page():
         run_threads([worker(0), worker(1), switcher])
         assert bad == {}
         assert k.stats()["pageouts"] > 0
-        quiet_check(k)
+        k.check()
 
 
 @pytest.mark.parametrize("bad", ["", "LRU ", "optimal", "belady", "mru", None, 3])
@@ -364,7 +336,7 @@ def test_knobs_set_and_honoured():
         # Hand-set knobs survive a limit change.
         k.memlimit = "8M"
         assert (k.pagedaemon.freemin, k.pagedaemon.freetarg) == (100, 300)
-        quiet_check(k)
+        k.check()
 
 
 # -- out of swap ---------------------------------------------------------------------------------
@@ -392,7 +364,7 @@ def test_out_of_swap_oom_within_timeout_no_busy_loop():
         assert written * PAGE_SIZE >= 3 * M - keep_n * PAGE_SIZE
         assert st["oomfails"] >= 1
         assert k.physmem.resident <= 2 * M
-        quiet_check(k)
+        k.check()
         # A second attempt: measured wall and CPU time of the wait.
         wall0, cpu0 = time.monotonic(), time.process_time()
         with pytest.raises(rumpvm.OutOfMemory):
@@ -410,7 +382,7 @@ def test_out_of_swap_oom_within_timeout_no_busy_loop():
         p.munmap(b, 3 * M)
         p.munmap(keep, keep_n * PAGE_SIZE)
         assert k.stats()["swpginuse"] == 0
-        quiet_check(k)
+        k.check()
 
 
 def test_out_of_swap_waiters_in_threads_all_fail_cleanly():
@@ -439,7 +411,7 @@ def test_out_of_swap_waiters_in_threads_all_fail_cleanly():
         assert set(results.values()) == {"oom"}  # 12 MiB never fits in 3 MiB
         assert wall < 3 * (timeout + 1.0) + 5
         assert k.physmem.resident <= 2 * M
-        quiet_check(k)
+        k.check()
         for p, a in zip(procs, addrs):
             p.munmap(a, 4 * M)
         assert k.stats()["swpginuse"] == 0
@@ -447,7 +419,7 @@ def test_out_of_swap_waiters_in_threads_all_fail_cleanly():
         fill(procs[0], c, 1 * M // PAGE_SIZE, 450)
         assert bad_pages(procs[0], c, 1 * M // PAGE_SIZE, 450) == []
         assert time.process_time() - cpu0 < wall + 5
-        quiet_check(k)
+        k.check()
 
 
 def test_no_swap_oom_is_prompt_and_sleeps():
@@ -476,7 +448,7 @@ def test_no_swap_oom_is_prompt_and_sleeps():
         b = p.mmap(512 * 1024)
         fill(p, b, 128, 14)
         assert bad_pages(p, b, 128, 14) == []
-        quiet_check(k)
+        k.check()
 
 
 # -- regressions --------------------------------------------------------------------------------
@@ -561,7 +533,7 @@ def test_pagedaemon_counters_move():
         status = k.pagedaemon.status()
         assert status["scans"] == st["pdscans"] or status["scans"] >= st["pdscans"]
         assert status["pageouts"] >= st["pageouts"]
-        quiet_check(k)
+        k.check()
 
 
 def test_pdreact_counts_second_chances_under_clock():
@@ -579,7 +551,7 @@ def test_pdreact_counts_second_chances_under_clock():
                 p.write(a + i * PAGE_SIZE, pattern(17 + rnd, i))
         assert k.stats()["pdreact"] > 0
         assert bad_pages(p, a, hot, 16) == []
-        quiet_check(k)
+        k.check()
 
 
 def test_no_pageouts_without_pressure():

@@ -9,43 +9,16 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 import threading
 import time
 
 import pytest
 
 import rumpvm
+from pages import pattern, fill, bad_pages
 from rumpvm import MAP_SHARED, PAGE_SIZE, VMError
 
 M = 1 << 20
-
-
-def pattern(tag: int, pg: int) -> bytes:
-    return struct.pack("<QQ", tag, pg) + bytes([(tag * 131 + pg * 7 + 1) & 0xFF]) * (PAGE_SIZE - 16)
-
-
-
-def quiet_check(k) -> None:
-    """k.check() once no pageout is in flight.  check() itself races with the
-    pagedaemon's swap write (see test_pagedaemon.py::test_check_passes_while_paging);
-    the other tests wait for the daemon to sleep so they test their own thing."""
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline:
-        with k.lock:
-            if k.pagedaemon.state == "sleeping" and not k.pagedaemon.wanted:
-                break
-        time.sleep(0.005)
-    k.check()
-
-
-def fill(p, addr: int, npages: int, tag: int) -> None:
-    for i in range(npages):
-        p.write(addr + i * PAGE_SIZE, pattern(tag, i))
-
-
-def bad_pages(p, addr: int, npages: int, tag: int) -> list[int]:
-    return [i for i in range(npages) if p.read(addr + i * PAGE_SIZE, PAGE_SIZE) != pattern(tag, i)]
 
 
 def object_of(p, addr: int):
@@ -78,7 +51,7 @@ def swapk(request):
         yield k
         rep = getattr(request.node, "rep_call", None)
         if rep is not None and rep.passed:
-            quiet_check(k)
+            k.check()
 
 
 # -- slots freed when objects die ---------------------------------------------------------
@@ -94,7 +67,7 @@ def test_swap_slots_freed_on_munmap(swapk):
     p.munmap(a, n * PAGE_SIZE)
     assert k.stats()["swpginuse"] == 0
     assert k.objects() == [] or all(o.id != 0 for o in k.objects())
-    quiet_check(k)
+    k.check()
 
 
 def test_swap_slots_freed_on_exit(swapk):
@@ -106,7 +79,7 @@ def test_swap_slots_freed_on_exit(swapk):
     assert k.stats()["swpginuse"] > 0
     p.exit()
     assert k.stats()["swpginuse"] == 0
-    quiet_check(k)
+    k.check()
 
 
 def test_swap_slots_freed_after_fork_when_both_die(swapk):
@@ -122,10 +95,10 @@ def test_swap_slots_freed_after_fork_when_both_die(swapk):
     c.exit()
     # The parent's data is still there, from swap.
     assert bad_pages(p, a, n, 3) == []
-    quiet_check(k)
+    k.check()
     p.exit()
     assert k.stats()["swpginuse"] == 0
-    quiet_check(k)
+    k.check()
 
 
 def test_swap_slots_freed_when_shared_object_dies(swapk):
@@ -146,7 +119,7 @@ def test_swap_slots_freed_when_shared_object_dies(swapk):
     assert k.stats()["swpginuse"] == remaining
     obj.detach()
     assert k.stats()["swpginuse"] == 0
-    quiet_check(k)
+    k.check()
 
 
 def test_rewritten_swapped_page_does_not_leak_slots(swapk):
@@ -214,11 +187,11 @@ def test_corrupted_swap_slot_is_eio_and_stays_eio(how):
         with pytest.raises(VMError) as ei:
             p.read(a + (victim - 1) * PAGE_SIZE, 3 * PAGE_SIZE)
         assert ei.value.errno == errno.EIO
-        quiet_check(k)
+        k.check()
         # Unmapping the bad page frees its slot like any other.
         p.munmap(a, n * PAGE_SIZE)
         assert k.stats()["swpginuse"] == 0
-        quiet_check(k)
+        k.check()
 
 
 def test_corrupted_slot_eio_through_fork_child():
@@ -243,7 +216,7 @@ def test_corrupted_slot_eio_through_fork_child():
                 proc.read(a + 3 * PAGE_SIZE, PAGE_SIZE)
             assert ei.value.errno == errno.EIO
             assert proc.read(a + 4 * PAGE_SIZE, PAGE_SIZE) == pattern(21, 4)
-        quiet_check(k)
+        k.check()
 
 
 # -- swap file lifetime --------------------------------------------------------------------
@@ -336,7 +309,7 @@ def test_threads_touching_same_swapped_page_get_correct_data():
         # The busy protocol: each page was read from swap exactly once,
         # however many threads faulted on it at the same time.
         assert k.stats()["pageins"] - pageins0 == n
-        quiet_check(k)
+        k.check()
 
 
 def test_threads_writing_and_reading_one_swapped_page():
@@ -380,4 +353,4 @@ def test_threads_writing_and_reading_one_swapped_page():
         assert errors == []
         assert bad == []
         assert k.stats()["pageouts"] > 0
-        quiet_check(k)
+        k.check()
