@@ -135,6 +135,11 @@ def check_kernel(k: "Kernel") -> list[str]:
         errs.append(f"queues.wired {k.queues.wired} != {wired_pages}")
     if len(k.queues.active) + len(k.queues.inactive) > sum(len(o.pages) for o in k.objtab.values()):
         errs.append("queued pages that belong to no object")
+    for page in k.io_pages:
+        if not page.busy:
+            errs.append(f"{page}: in the I/O set but not busy")
+        if page.obj is None:
+            frames[page.frame] += 1  # disowned mid-I/O; freed when the I/O ends
     for pool in k.pooltab.values():
         for f in pool.frames:
             frames[f] += 1

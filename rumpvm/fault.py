@@ -172,6 +172,7 @@ def pagein(k: "Kernel", obj: "VMObject", pindex: int, slot: int, advice: int = M
     obj.last_pagein = pindex + len(pages) - 1
     for page in pages:
         page.busy = page.fake = True
+    k.io_pages.update(pages)
     obj.pip += len(pages)
     k.lockdrops += 1
     k.lock.release()
@@ -184,6 +185,7 @@ def pagein(k: "Kernel", obj: "VMObject", pindex: int, slot: int, advice: int = M
     finally:
         k.lock.acquire()
     obj.pip -= len(pages)
+    k.io_pages.difference_update(pages)
     for n, page in enumerate(pages):
         page.busy = page.fake = False
         if page.wanted:

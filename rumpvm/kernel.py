@@ -103,6 +103,9 @@ class Kernel:
         # Times a thread dropped the lock to sleep inside a fault; readers
         # holding page views across faults use it to detect a sleep.
         self.lockdrops = 0
+        # Pages busy for swap I/O (a page whose object died meanwhile belongs
+        # to no object until its I/O ends; check() counts its frame here).
+        self.io_pages: set[VMPage] = set()
         self.oom_timeout = float(oom_timeout)
         self.swap: SwapPager | None = SwapPager(swap_bytes, swapfile) if swap_bytes >= PAGE_SIZE else None
         self.physmem = PhysMem(limit)

@@ -163,23 +163,30 @@ class Pagedaemon:
                 k.uvmexp.pdwoke += 1
                 if self.shortage() > 0:
                     self.state = "scanning"
-                    before = k.physmem.resident
+                    # Progress is what this scan freed, not the change in
+                    # resident memory: waiters allocate while it writes.
+                    freed = k.uvmexp.pdfreed
                     try:
-                        self.scan()
+                        freed = self.scan() + k.uvmexp.pdfreed - freed
                     except Exception:  # a daemon that dies would hang every waiter
                         log.exception("pagedaemon scan failed")
+                        freed = 0
                     self.state = "sleeping"
-                    self.stalled = k.physmem.resident >= before and self.shortage() > 0
+                    self.stalled = freed == 0 and self.shortage() > 0
                 k.mem_cv.notify_all()
 
-    def scan(self) -> None:
+    def scan(self) -> int:
+        """One scan toward freetarg; returns the frames the reclaimers gave
+        back (pages freed are counted in uvmexp.pdfreed)."""
         k = self.k
         k.uvmexp.pdscans += 1
         short = self.shortage()
+        drained = 0
         for reclaim in self.reclaimers:
-            short -= reclaim()
+            drained += reclaim()
+        short -= drained
         if short <= 0:
-            return
+            return drained
         batch: list[tuple[VMPage, VMObject]] = []
         for page in self._policy.victims(k, short):
             if page.busy or page.wire_count or not page.queue:
@@ -195,6 +202,7 @@ class Pagedaemon:
                 short -= 1
             elif k.swap is not None and (k.swap.inuse < k.swap.nslots or page.pindex in obj.swap):
                 page.busy = True
+                k.io_pages.add(page)
                 page_remove_all(page)
                 k.queues.dequeue(page)
                 obj.pip += 1
@@ -209,6 +217,7 @@ class Pagedaemon:
             if short <= 0:
                 break
         self.flush(batch)
+        return drained
 
     def flush(self, batch: list[tuple[VMPage, "VMObject"]]) -> None:
         """Write busy pages to swap in clusters of consecutive pages of one
@@ -273,6 +282,7 @@ class Pagedaemon:
         k = self.k
         obj.pip -= 1
         page.busy = False
+        k.io_pages.discard(page)
         if page.wanted:
             page.wanted = False
             k.page_cv.notify_all()

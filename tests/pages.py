@@ -22,3 +22,18 @@ def fill(p, addr: int, npages: int, tag: int, start: int = 0) -> None:
 def bad_pages(p, addr: int, npages: int, tag: int) -> list[int]:
     """Indexes of the pages that do not hold their pattern."""
     return [i for i in range(npages) if p.read(addr + i * PAGE_SIZE, PAGE_SIZE) != pattern(tag, i)]
+
+
+def settle(k, timeout: float = 5.0) -> None:
+    """Wait until no pageout is in flight.  Slots of pages being written when
+    their memory is unmapped are freed when the write completes, so counts
+    such as swpginuse reach their final value only then."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with k.lock:
+            pd = k.pagedaemon
+            if pd.state == "sleeping" and not pd.wanted and not pd.inflight:
+                return
+        time.sleep(0.005)
+    raise AssertionError("pagedaemon did not settle")

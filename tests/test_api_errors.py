@@ -654,3 +654,24 @@ def test_no_space_is_enomem(p):
 def test_negative_length_read_einval(p, call):
     fixed(p, BASE, 1)
     expect_errno(p, errno.EINVAL, getattr(p, call), BASE, -1)
+
+
+# -- data arguments and results ---------------------------------------------------------------
+
+
+def test_write_accepts_bytes_like_and_copies_it(p):
+    fixed(p, BASE, 2)
+    buf = bytearray(b"abcd")
+    p.write(BASE, buf)
+    p.write(BASE + P - 2, memoryview(b"xyzw"))  # across a page boundary
+    buf[:] = b"ZZZZ"
+    assert p.read(BASE, 4) == b"abcd"
+    assert p.read(BASE + P - 2, 4) == b"xyzw"
+
+
+def test_read_returns_a_snapshot(p):
+    fixed(p, BASE, 1)
+    p.write(BASE, b"1234")
+    r, q = p.read(BASE, 4), p.peek(BASE, 4)
+    p.write(BASE, b"5678")
+    assert isinstance(r, bytes) and r == b"1234" and bytes(q) == b"1234"

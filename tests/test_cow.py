@@ -487,3 +487,27 @@ def test_madv_free_after_cow_write_does_not_resurrect_prefork_data(k, p):
     p.madvise(a, P, MADV_FREE)
     assert c.read(a, 4) == b"old!"
     assert p.read(a, 4) == b"new!"
+
+
+# -- fork under memory pressure ---------------------------------------------------------------
+
+
+def test_fork_with_wired_memory_under_pressure_waits_for_the_pagedaemon():
+    """Wired pages are copied at fork; when memory is short that copy must
+    wait for the pagedaemon (DESIGN: wait, bounded, then OutOfMemory) rather
+    than fail at once while most memory could be paged out."""
+    with rumpvm.Kernel(memlimit="320K", swap="16M") as k:
+        p = k.spawn(name="wired")
+        a = p.mmap(64 * P)
+        for i in range(64):
+            p.write(a + i * P, page(i))  # more than the limit: pages go to swap
+        b = p.mmap(20 * P)
+        p.write(b, page(0xAB, 20 * P))
+        p.mlock(b, 20 * P)  # within the wired limit (a third of 320K)
+        c = p.fork()
+        assert c.read(b, 20 * P) == page(0xAB, 20 * P)
+        assert not entry_at(c, b).wired
+        c.write(b, b"child")
+        assert p.read(b, 5) == page(0xAB, 5)
+        assert all(c.read(a + i * P, P) == page(i) for i in range(0, 64, 7))
+        k.check()

@@ -91,6 +91,7 @@ sizes = st.one_of(st.integers(1, 64), st.integers(1, 2 * P + 16))
 
 class VMStateMachine(RuleBasedStateMachine):
     KERNEL_ARGS: dict = {}
+    EXTRA_PAGES = 0  # written pages mapped right after the window at start
 
     def __init__(self) -> None:
         super().__init__()
@@ -167,6 +168,15 @@ class VMStateMachine(RuleBasedStateMachine):
             addr = BASE + s * P
             assert p.mmap(n * P, prot=prot, flags=flags, addr=addr) == addr
             self.m.mmap(sp, n * P, prot, flags, addr)
+        if self.EXTRA_PAGES:
+            addr = BASE + NWIN * P
+            flags = MAP_PRIVATE | MAP_ANON | MAP_FIXED
+            assert p.mmap(self.EXTRA_PAGES * P, flags=flags, addr=addr) == addr
+            self.m.mmap(sp, self.EXTRA_PAGES * P, RW, flags, addr)
+            for j in range(self.EXTRA_PAGES):
+                data = DATA[j * 97:j * 97 + P]
+                p.write(addr + j * P, data)
+                self.m.write(sp, addr + j * P, data)
 
     @rule(i=procs, start=starts, length=lengths, prot=prots, shared=st.booleans())
     def mmap_fixed(self, i, start, length, prot, shared):
@@ -280,6 +290,17 @@ class VMStateMachine(RuleBasedStateMachine):
         self.both(f"p{p.pid}.write({addr:#x}, <{n} bytes>)",
                   lambda: p.write(addr, data), lambda: self.m.write(sp, addr, data))
 
+    @rule(i=procs, seed=st.integers(0, len(DATA) - P))
+    def write_every_page(self, i, seed):
+        """Dirty every writable page of a process (forces COW everywhere and,
+        under a limit, paging)."""
+        p, sp = self.pick(i)
+        for v in sorted(sp.pages):
+            if sp.pages[v].prot & PROT_WRITE:
+                addr, data = v * P + (seed + v) % (P - 32), DATA[seed:seed + 32]
+                self.both(f"p{p.pid}.write({addr:#x}, <32 bytes>)",
+                          lambda: p.write(addr, data), lambda: self.m.write(sp, addr, data))
+
     @rule(i=procs, start=starts, off=byte_offsets, n=sizes)
     def read(self, i, start, off, n):
         p, sp = self.pick(i)
@@ -335,8 +356,13 @@ class VMStateMachine(RuleBasedStateMachine):
     @invariant()
     def kernel_agrees_with_model(self):
         self.k.check()
+        before = self.k.stats()
         for p, sp in self.procs:
             self.compare(p, sp)
+        after = self.k.stats()
+        # inspection is side-effect free: maps()/peek() fault nothing in
+        for key in ("faults", "pageins", "zerofills", "cowfaults"):
+            assert after[key] == before[key], f"inspection changed {key}: {before[key]} -> {after[key]}"
 
     def compare(self, p, sp: Space) -> None:
         got: dict[int, object] = {}
@@ -392,7 +418,8 @@ class VMUnderPressure(VMStateMachine):
     so pages go to swap and come back (through COW and sharing) while the
     model is compared; peek must see swapped pages without paging them in."""
 
-    KERNEL_ARGS = {"memlimit": "512K", "swap": "16M"}
+    KERNEL_ARGS = {"memlimit": "320K", "swap": "16M"}
+    EXTRA_PAGES = 64
 
 
 TestVMModelUnderPressure = VMUnderPressure.TestCase

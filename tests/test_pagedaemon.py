@@ -15,7 +15,7 @@ import time
 import pytest
 
 import rumpvm
-from pages import pattern, fill, bad_pages
+from pages import pattern, fill, bad_pages, settle
 from rumpvm import PAGE_SIZE, VMError
 
 M = 1 << 20
@@ -381,6 +381,7 @@ def test_out_of_swap_oom_within_timeout_no_busy_loop():
         assert bad_pages(p, b, 3 * M // PAGE_SIZE, 12) == []
         p.munmap(b, 3 * M)
         p.munmap(keep, keep_n * PAGE_SIZE)
+        settle(k)
         assert k.stats()["swpginuse"] == 0
         k.check()
 
@@ -414,6 +415,7 @@ def test_out_of_swap_waiters_in_threads_all_fail_cleanly():
         k.check()
         for p, a in zip(procs, addrs):
             p.munmap(a, 4 * M)
+        settle(k)
         assert k.stats()["swpginuse"] == 0
         c = procs[0].mmap(1 * M)
         fill(procs[0], c, 1 * M // PAGE_SIZE, 450)
@@ -561,5 +563,6 @@ def test_no_pageouts_without_pressure():
         fill(p, a, 4 * M // PAGE_SIZE, 18)
         assert bad_pages(p, a, 4 * M // PAGE_SIZE, 18) == []
         st = k.stats()
+        settle(k)
         assert st["pageouts"] == 0 and st["pageins"] == 0 and st["swpginuse"] == 0
         assert st["oomwaits"] == 0

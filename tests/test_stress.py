@@ -22,6 +22,7 @@ import time
 import pytest
 
 import rumpvm
+from pages import settle
 from rumpvm import PAGE_SIZE
 
 M = 1 << 20
@@ -151,5 +152,6 @@ def test_stress_random_workload_under_limit():
         k.check()
         for p in k.procs():
             p.exit()
+        settle(k)
         assert k.stats()["swpginuse"] == 0
         k.check()

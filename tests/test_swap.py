@@ -15,7 +15,7 @@ import time
 import pytest
 
 import rumpvm
-from pages import pattern, fill, bad_pages
+from pages import pattern, fill, bad_pages, settle
 from rumpvm import MAP_SHARED, PAGE_SIZE, VMError
 
 M = 1 << 20
@@ -43,6 +43,7 @@ def push_to_swap(k, p, addr: int, npages: int) -> None:
     else:
         raise AssertionError("pages did not go to swap")
     q.exit()
+    settle(k)
 
 
 @pytest.fixture
@@ -65,6 +66,7 @@ def test_swap_slots_freed_on_munmap(swapk):
     fill(p, a, n, 1)
     assert k.stats()["swpginuse"] > 0
     p.munmap(a, n * PAGE_SIZE)
+    settle(k)
     assert k.stats()["swpginuse"] == 0
     assert k.objects() == [] or all(o.id != 0 for o in k.objects())
     k.check()
@@ -78,6 +80,7 @@ def test_swap_slots_freed_on_exit(swapk):
     fill(p, a, n, 2)
     assert k.stats()["swpginuse"] > 0
     p.exit()
+    settle(k)
     assert k.stats()["swpginuse"] == 0
     k.check()
 
@@ -97,6 +100,7 @@ def test_swap_slots_freed_after_fork_when_both_die(swapk):
     assert bad_pages(p, a, n, 3) == []
     k.check()
     p.exit()
+    settle(k)
     assert k.stats()["swpginuse"] == 0
     k.check()
 
@@ -114,10 +118,12 @@ def test_swap_slots_freed_when_shared_object_dies(swapk):
     p.munmap(a, 3 * M)
     assert obj.swap, "the object is still held: its swap must stay"
     q.exit()
+    settle(k)
     with k.lock:
         remaining = len(obj.swap)
     assert k.stats()["swpginuse"] == remaining
     obj.detach()
+    settle(k)
     assert k.stats()["swpginuse"] == 0
     k.check()
 
@@ -134,6 +140,7 @@ def test_rewritten_swapped_page_does_not_leak_slots(swapk):
         assert k.stats()["swpginuse"] == n
         assert bad_pages(p, a, n, 10 + rnd) == []
     p.munmap(a, n * PAGE_SIZE)
+    settle(k)
     assert k.stats()["swpginuse"] == 0
 
 
@@ -190,6 +197,7 @@ def test_corrupted_swap_slot_is_eio_and_stays_eio(how):
         k.check()
         # Unmapping the bad page frees its slot like any other.
         p.munmap(a, n * PAGE_SIZE)
+        settle(k)
         assert k.stats()["swpginuse"] == 0
         k.check()
 
@@ -266,6 +274,7 @@ def test_no_swap_means_no_swap_file():
     with rumpvm.Kernel(memlimit="2M") as k:
         assert k.swap is None
         s = k.stats()
+        settle(k)
         assert s["swpages"] == 0 and s["swpginuse"] == 0
         assert k.swaps() == []
 
