@@ -21,7 +21,6 @@ from . import object as vm_object
 import hypercall
 
 from .constants import INHERIT_NONE, INHERIT_SHARE, PAGE_SHIFT, VM_MAXUSER_ADDRESS, VM_MIN_ADDRESS
-from .errors import OutOfMemory
 from .map import VMMap, VMMapEntry
 
 if TYPE_CHECKING:
@@ -44,17 +43,18 @@ def _copy_entry(src: VMMapEntry) -> VMMapEntry:
 
 def _copy_wired(k: "Kernel", old: VMMap, d: VMMapEntry) -> None:
     """vm_fault_copy_entry: give the child its own copy of wired memory.
-    Allocation does not wait (the parent's map is not stable across a
-    sleep): without memory the fork fails with OutOfMemory."""
+    Allocation may sleep for memory; the source page is looked up again
+    after every sleep (another thread may have unmapped it: then the child
+    keeps zeros there, as if the munmap had come first)."""
     assert d.obj is not None
     for i, vpn in enumerate(range(d.start >> PAGE_SHIFT, d.end >> PAGE_SHIFT)):
-        src = old.wired.get(vpn)
-        if src is None:
-            continue
-        page = k.page_alloc(d.obj, i)
-        if page is None:
-            raise OutOfMemory("no memory to copy wired pages for fork")
-        hypercall.page_copy(page.addr, src.addr)
+        deadline = None
+        while (src := old.wired.get(vpn)) is not None:
+            page = k.page_alloc(d.obj, i)
+            if page is not None:
+                hypercall.page_copy(page.addr, src.addr)
+                break
+            deadline = k.memwait(deadline)
 
 
 def vmspace_fork(k: "Kernel", old: VMMap, name: str) -> VMMap:
