@@ -348,6 +348,17 @@ class Proc:
         """uvm_exit: tear down the address space and release the u-area."""
         self.kernel._exit(self)
 
+    def coredump(self) -> list[tuple[MapEntry, bytes]]:
+        """uvm_coredump_walkmap: the segments a core file would hold — every
+        readable entry not marked MADV_NOCORE, with its bytes (read without
+        side effects: nothing is paged in or allocated)."""
+        from .inspect import peek_map
+        k = self.kernel
+        with k.lock:
+            vmap = self._live()
+            return [(entry_record(e), peek_map(k, vmap, e.start, e.end - e.start))
+                    for e in vmap.entries() if e.prot & PROT_READ and not e.nocore]
+
     # -- inspection --------------------------------------------------------------------
 
     def maps(self) -> list[MapEntry]:

@@ -675,3 +675,25 @@ def test_read_returns_a_snapshot(p):
     r, q = p.read(BASE, 4), p.peek(BASE, 4)
     p.write(BASE, b"5678")
     assert isinstance(r, bytes) and r == b"1234" and bytes(q) == b"1234"
+
+
+# -- limits -------------------------------------------------------------------------------------
+
+
+def test_mlock_over_the_wired_limit_is_enomem_and_wires_nothing():
+    with rumpvm.Kernel(memlimit="1M", swap="4M") as k:
+        p = k.spawn(name="wired")
+        limit_pages = k.wired_limit // P
+        fixed(p, BASE, limit_pages + 4)
+        p.mlock(BASE, 2 * P)
+        before = state(p)
+        # the rest of the range would go over the limit: nothing more is wired
+        expect_errno(p, errno.ENOMEM, p.mlock, BASE, (limit_pages + 4) * P)
+        assert state(p) == before
+        assert [e.wired for e in p.maps()] == [True, False]
+        # re-locking what is already wired does not count twice
+        p.mlock(BASE, 2 * P)
+        p.munlock(BASE, 2 * P)
+        p.mlock(BASE + 4 * P, limit_pages * P)  # exactly the limit
+        expect_errno(p, errno.ENOMEM, p.mlock, BASE, P)
+        k.check()

@@ -1,16 +1,22 @@
 """Random sequences of VM calls against the reference model in `model.py`.
 
 Hypothesis drives mmap (fixed, with a hint, anywhere; private, MAP_SHARED
-anonymous, MAP_SHARED of objects from `k.create_object`), munmap, mprotect,
-minherit, madvise, read, write, fork and exit over a small window of pages so
-that fixed mappings collide and clip each other.  Every call's outcome (value,
-errno, or SegmentationFault with addr/access/code) must equal the model's;
-after every step every process's pages (from `p.maps()`: mapping, prot,
-max_prot, inheritance, shared) and bytes (`p.peek`) must equal the model's,
-and `k.check()` must pass.
+anonymous, MAP_SHARED of objects from `k.create_object`; with and without
+PROT_MAX), munmap, mprotect, minherit, madvise, mlock, munlock, msync, read,
+write, fork and exit over a small window of pages so that fixed mappings
+collide and clip each other.  Every call's outcome (value, errno, or
+SegmentationFault with addr/access/code) must equal the model's; after every
+step every process's pages (from `p.maps()`: mapping, prot, max_prot,
+inheritance, wired, shared) and bytes (`p.peek`) must equal the model's,
+inspecting them must not fault anything in, and `k.check()` must pass.
 
-The default run is small (about 60 sequences of 30 steps).  The `stress`
-variant runs many more; select it with `-m stress` (or RUMPVM_STRESS=1).
+`VMUnderPressure` runs the same machine under a memory limit smaller than
+what the sequences touch, so pages move to swap and back mid-sequence.
+
+The default run is small (100 sequences of 30 steps, 40 under a limit).
+`test_vm_model_stress` runs 1000 sequences of 100 steps of each (marker
+`stress`; select with `-m stress` or RUMPVM_STRESS=1; RUMPVM_STRESS_EXAMPLES
+sets the count).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import os
 import random
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -406,10 +412,11 @@ class VMStateMachine(RuleBasedStateMachine):
 
 TestVMModel = VMStateMachine.TestCase
 TestVMModel.settings = settings(
-    max_examples=60,
+    max_examples=100,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],  # no slow "explain"
 )
 
 
@@ -423,7 +430,7 @@ class VMUnderPressure(VMStateMachine):
 
 
 TestVMModelUnderPressure = VMUnderPressure.TestCase
-TestVMModelUnderPressure.settings = settings(TestVMModel.settings, max_examples=30)
+TestVMModelUnderPressure.settings = settings(TestVMModel.settings, max_examples=40)
 
 
 def _stress_selected(config) -> bool:
