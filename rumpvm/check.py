@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from . import object as vm_object
 from .constants import PAGE_SHIFT, PROT_READ, PROT_WRITE
+from .fault import resolve
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -64,8 +65,7 @@ def check_kernel(k: "Kernel") -> list[str]:
         for vpn, page in m.pmap.rd.items():
             pv_expected.add((id(m.pmap), vpn, id(page)))
             va = vpn << PAGE_SHIFT
-            from .fault import resolve
-            mm, e = resolve(m, va)
+            _, e = resolve(m, va)
             if e is None:
                 errs.append(f"{m.name}: translation at {va:#x} without entry")
                 continue

@@ -29,12 +29,14 @@ from typing import Any, Callable
 import hypercall
 
 from . import object as vm_object
-from .constants import PAGE_SHIFT, PAGE_SIZE, VM_MAX_KERNEL_ADDRESS, VM_MIN_KERNEL_ADDRESS
+from .constants import (INHERIT_SHARE, PAGE_SHIFT, PAGE_SIZE, PROT_ALL, PROT_READ, PROT_WRITE,
+                        VM_MAX_KERNEL_ADDRESS, VM_MIN_KERNEL_ADDRESS)
+from .check import check_kernel
 from .errors import OutOfMemory, VMError, einval
 from .inspect import (KmemMapInfo, ObjectInfo, PoolInfo, SwapInfo, entry_record, object_record,
                       peek_object)
 from .kmem import Kmem
-from .map import VMMap
+from .map import VMMap, VMMapEntry
 from .object import VMObject
 from .page import ACTIVE, PageQueues, VMPage
 from .pagedaemon import Pagedaemon
@@ -43,6 +45,7 @@ from .physmem import MIN_LIMIT, PhysMem
 from .pool import Pool
 from .proc import UAREA_CACHE, USPACE, Proc
 from .swap_pager import SwapPager
+from .uio import vm_write
 from .vmspace import vmspace_alloc, vmspace_fork
 
 
@@ -423,10 +426,9 @@ class Kernel:
             addr = self.pager_map.find_space(self.pager_map.min, end - start)
             if addr is None:
                 raise VMError(errno.ENOMEM, "no pager_map space")
-            from .map import VMMapEntry
-            from .uio import vm_write
             obj.ref_count += 1
-            e = VMMapEntry(addr, addr + end - start, obj, start, 3, 7, 1, True, "objwin")
+            e = VMMapEntry(addr, addr + end - start, obj, start, PROT_READ | PROT_WRITE, PROT_ALL,
+                           INHERIT_SHARE, True, "objwin")
             self.pager_map.insert(e)
             try:
                 vm_write(self, self.pager_map, addr + offset - start, data)
@@ -498,7 +500,6 @@ class Kernel:
 
     def check(self) -> None:
         """Verify all bookkeeping; raise AssertionError listing violations."""
-        from .check import check_kernel
         with self.lock:
             errors = check_kernel(self)
         if errors:

@@ -25,7 +25,7 @@ from .constants import (INHERIT_COPY, INHERIT_SHARE, INHERIT_VALID, MADV_AUTOSYN
                         VM_MAXUSER_ADDRESS, VM_MIN_ADDRESS)
 from .errors import VMError, einval
 from .fault import vm_fault, wire_range
-from .inspect import MapEntry, ProcStatus, SmapsInfo, entry_record, smaps_record
+from .inspect import MapEntry, ProcStatus, SmapsInfo, entry_record, peek_map, smaps_record
 from .map import VMMap, VMMapEntry
 from .page import INACTIVE
 from .uio import vm_read, vm_write
@@ -119,8 +119,7 @@ class Proc:
         elif a + size > VM_MAXUSER_ADDRESS:
             a = 0
         if obj is not None:
-            from .object import VMObject
-            if not isinstance(obj, VMObject):
+            if not isinstance(obj, vm_object.VMObject):
                 raise TypeError("obj must come from Kernel.create_object")
             if obj.dead:
                 raise VMError(errno.EBADF, f"object {obj.id} is gone")
@@ -335,7 +334,6 @@ class Proc:
         if n < 0 or a < 0:
             raise einval("negative address or length")
         with self.kernel.lock:
-            from .inspect import peek_map
             return peek_map(self.kernel, self._live(), a, n)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -352,7 +350,6 @@ class Proc:
         """uvm_coredump_walkmap: the segments a core file would hold — every
         readable entry not marked MADV_NOCORE, with its bytes (read without
         side effects: nothing is paged in or allocated)."""
-        from .inspect import peek_map
         k = self.kernel
         with k.lock:
             vmap = self._live()
