@@ -128,9 +128,8 @@ def check_kernel(k: "Kernel") -> list[str]:
         if o.ref_count != want:
             errs.append(f"object {oid}: ref_count {o.ref_count} != {want} (entries+shadows+handles)")
     npv = sum(len(p.pv) for o in k.objtab.values() for p in o.pages.values())
-    npv_pager = sum(1 for (_, vpn, _) in pv_expected) - npv
-    if npv_pager < 0:
-        errs.append("pv entries without translations")
+    if npv > len(pv_expected):
+        errs.append(f"{npv} pv entries for {len(pv_expected)} translations")
     if wired_pages != k.queues.wired:
         errs.append(f"queues.wired {k.queues.wired} != {wired_pages}")
     if len(k.queues.active) + len(k.queues.inactive) > sum(len(o.pages) for o in k.objtab.values()):
