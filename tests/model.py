@@ -55,7 +55,6 @@ from rumpvm.constants import (
     INHERIT_SHARE,
     INHERIT_VALID,
     MADV_VALID,
-    MAP_ANON,
     MAP_FIXED,
     MAP_FLAGS_VALID,
     MAP_PRIVATE,

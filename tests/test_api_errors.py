@@ -10,6 +10,7 @@ rounding of lengths) are here too, since they decide which calls fail.
 from __future__ import annotations
 
 import errno
+import itertools
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -582,7 +583,7 @@ def test_no_hint_places_in_user_space_without_overlap(p):
         assert a % P == 0 and VM_MIN_ADDRESS <= a and a + n * P <= VM_MAXUSER_ADDRESS
         got.append((a, a + n * P))
     got.sort()
-    for (s1, e1), (s2, e2) in zip(got, got[1:]):
+    for (_, e1), (s2, _) in itertools.pairwise(got):
         assert e1 <= s2
 
 

@@ -14,11 +14,11 @@ import pytest
 
 import rumpvm
 from rumpvm import (
-    MADV_DONTNEED,
-    MADV_FREE,
     INHERIT_COPY,
     INHERIT_NONE,
     INHERIT_SHARE,
+    MADV_DONTNEED,
+    MADV_FREE,
     MAP_ANON,
     MAP_FIXED,
     MAP_PRIVATE,

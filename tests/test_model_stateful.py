@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import random
+from typing import ClassVar
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
@@ -96,7 +97,7 @@ sizes = st.one_of(st.integers(1, 64), st.integers(1, 2 * P + 16))
 
 
 class VMStateMachine(RuleBasedStateMachine):
-    KERNEL_ARGS: dict = {}
+    KERNEL_ARGS: ClassVar[dict] = {}
     EXTRA_PAGES = 0  # written pages mapped right after the window at start
 
     def __init__(self) -> None:
@@ -305,7 +306,7 @@ class VMStateMachine(RuleBasedStateMachine):
             if sp.pages[v].prot & PROT_WRITE:
                 addr, data = v * P + (seed + v) % (P - 32), DATA[seed:seed + 32]
                 self.both(f"p{p.pid}.write({addr:#x}, <32 bytes>)",
-                          lambda: p.write(addr, data), lambda: self.m.write(sp, addr, data))
+                          lambda a=addr, d=data: p.write(a, d), lambda a=addr, d=data: self.m.write(sp, a, d))
 
     @rule(i=procs, start=starts, off=byte_offsets, n=sizes)
     def read(self, i, start, off, n):
@@ -425,7 +426,7 @@ class VMUnderPressure(VMStateMachine):
     so pages go to swap and come back (through COW and sharing) while the
     model is compared; peek must see swapped pages without paging them in."""
 
-    KERNEL_ARGS = {"memlimit": "320K", "swap": "16M"}
+    KERNEL_ARGS: ClassVar[dict] = {"memlimit": "320K", "swap": "16M"}
     EXTRA_PAGES = 64
 
 
