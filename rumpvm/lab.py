@@ -244,27 +244,23 @@ def write_trace(trace: Iterable[int], path: str | os.PathLike[str]) -> None:
 def lru_faults(trace: Sequence[int], capacity: int) -> int:
     """Misses of exact LRU with `capacity` slots (an OrderedDict: the head is
     the least recently used)."""
-    _check_cap(capacity)
-    cache: OrderedDict[int, None] = OrderedDict()
-    faults = 0
-    for p in trace:
-        if p in cache:
-            cache.move_to_end(p)
-            continue
-        faults += 1
-        if len(cache) >= capacity:
-            cache.popitem(last=False)
-        cache[p] = None
-    return faults
+    return _queue_faults(trace, capacity, refresh_on_hit=True)
 
 
 def fifo_faults(trace: Sequence[int], capacity: int) -> int:
     """Misses of FIFO (evict the page resident longest; hits change nothing)."""
+    return _queue_faults(trace, capacity, refresh_on_hit=False)
+
+
+def _queue_faults(trace: Sequence[int], capacity: int, refresh_on_hit: bool) -> int:
+    """Misses of a queue evicting its head; LRU moves a hit to the tail."""
     _check_cap(capacity)
     cache: OrderedDict[int, None] = OrderedDict()
     faults = 0
     for p in trace:
         if p in cache:
+            if refresh_on_hit:
+                cache.move_to_end(p)
             continue
         faults += 1
         if len(cache) >= capacity:
