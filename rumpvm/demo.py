@@ -81,8 +81,10 @@ class DemoWorkload:
                 for p in generations[-1]:
                     a = p.mmap(PAGE_SIZE * self.rng.randrange(1, 32))
                     p.write(a, f"{p.name} {p.pid} round {self.rounds}\n".encode())
-                if len(generations) > 2:
-                    for p in generations.pop(0):
+                # The first round lives on (so /vm/proc/1 is always there);
+                # later rounds exit after two more.
+                if len(generations) > 3:
+                    for p in generations.pop(1):
                         if p.alive:
                             p.exit()
                 self._stop.wait(self.period)
