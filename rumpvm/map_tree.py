@@ -126,12 +126,6 @@ class EntryTree:
             yield n
             n = n.next
 
-    def iter_from(self, n: TreeNode) -> Iterator[TreeNode]:
-        while n is not self.header:
-            nxt = n.next  # taken first: the caller may remove n
-            yield n
-            n = nxt
-
     # -- updates ----------------------------------------------------------
 
     def insert_after(self, prev: TreeNode, n: TreeNode) -> None:

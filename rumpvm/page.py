@@ -62,9 +62,6 @@ class VMPage:
         parts.append("dirty" if self.dirty else "clean")
         return ",".join(parts)
 
-    def contents(self) -> bytes:
-        return self.buf[self.off:self.off + 4096].tobytes()
-
     def __repr__(self) -> str:
         oid = self.obj.id if self.obj is not None else None
         return f"<VMPage obj={oid} pindex={self.pindex} frame={self.frame} {self.flags}>"

@@ -77,10 +77,6 @@ class Pmap:
         self.rd.clear()
         self.wr.clear()
 
-    @property
-    def resident_count(self) -> int:
-        return len(self.rd)
-
 
 def page_remove_all(page: "VMPage") -> None:
     """Remove every translation of `page` (pmap_page_protect(VM_PROT_NONE))."""
@@ -88,9 +84,3 @@ def page_remove_all(page: "VMPage") -> None:
         del pm.rd[vpn]
         pm.wr.pop(vpn, None)
     page.pv.clear()
-
-
-def page_write_protect(page: "VMPage") -> None:
-    """Remove write permission from every translation of `page`."""
-    for pm, vpn in page.pv:
-        pm.wr.pop(vpn, None)
