@@ -59,6 +59,7 @@ class Pagedaemon:
         self.stopping = False
         self.reclaimers: list[Callable[[], int]] = []
         self.inflight: set[int] = set()  # swap slots being written (pages busy)
+        self.idle_cv = threading.Condition(k.lock)  # notified when the daemon goes to sleep
         self.thread = threading.Thread(target=self._run, name="pagedaemon", daemon=True)
         self.autotune()
 
@@ -142,6 +143,17 @@ class Pagedaemon:
             self.wanted = True
             self.cv.notify()
 
+    def idle(self) -> bool:
+        """True when the daemon sleeps with no scan requested and no pageout
+        in flight (requires the kernel lock)."""
+        return self.state == "sleeping" and not self.wanted and not self.inflight
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until `idle()` (the counters are then final); False on timeout.
+        Takes the kernel lock."""
+        with self.k.lock:
+            return self.idle_cv.wait_for(self.idle, timeout)
+
     def shortage(self) -> int:
         """Pages to free to reach freetarg (and to get back under the limit)."""
         pm = self.k.physmem
@@ -157,6 +169,7 @@ class Pagedaemon:
         with k.lock:
             while not self.stopping:
                 if not self.wanted:
+                    self.idle_cv.notify_all()
                     self.cv.wait()
                     continue
                 self.wanted = False

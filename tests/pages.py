@@ -24,16 +24,10 @@ def bad_pages(p, addr: int, npages: int, tag: int) -> list[int]:
     return [i for i in range(npages) if p.read(addr + i * PAGE_SIZE, PAGE_SIZE) != pattern(tag, i)]
 
 
-def settle(k, timeout: float = 5.0) -> None:
-    """Wait until no pageout is in flight.  Slots of pages being written when
-    their memory is unmapped are freed when the write completes, so counts
-    such as swpginuse reach their final value only then."""
-    import time
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with k.lock:
-            pd = k.pagedaemon
-            if pd.state == "sleeping" and not pd.wanted and not pd.inflight:
-                return
-        time.sleep(0.005)
-    raise AssertionError("pagedaemon did not settle")
+def settle(k, timeout: float = 10.0) -> None:
+    """Wait until the pagedaemon is idle with no pageout in flight.  Slots of
+    pages being written when their memory is unmapped are freed when the
+    write completes, so counts such as swpginuse reach their final value
+    only then."""
+    if not k.pagedaemon.wait_idle(timeout):
+        raise AssertionError("pagedaemon did not settle")
