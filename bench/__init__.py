@@ -11,8 +11,9 @@ a warm-up).  Benchmarks report; they never fail a build.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass

@@ -116,7 +116,7 @@ def table(rows: list[Row]) -> list[str]:
     body = [[r.figure, f"{_fmt(r.value)} {r.unit}", r.baseline, f"{_fmt(r.baseline_value)} {r.unit}",
              f"{r.ratio:.3g}", r.target, "-" if r.met is None else ("PASS" if r.met else "MISS")]
             for r in rows]
-    widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
     right = {1, 3, 4}
 
     def line(cells: list[str]) -> str:

@@ -189,9 +189,9 @@ def run(quick: bool) -> list[Row]:
         runs = [thrash(limit, wset, trace) for _ in range(reps - 1)]
         lim_ns, c = min(runs, key=lambda r: r[0])
         free_ns = min(thrash(None, wset, trace)[0] for _ in range(reps - 1))
+        oom = f", {c['oom']} OOM retries" if c["oom"] else ""
         rows.append(ratio_row(
             f"thrash {name}, wset {wset // MiB}M = 2x limit ({len(trace)} acc: "
-            f"{c['faults']} faults, {c['pageins']} in, {c['pageouts']} out"
-            f"{', %d OOM retries' % c['oom'] if c['oom'] else ''})",
+            f"{c['faults']} faults, {c['pageins']} in, {c['pageouts']} out{oom})",
             lim_ns, "ns/access", "same, no limit", free_ns, "report (no target)", None))
     return rows

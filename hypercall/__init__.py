@@ -124,8 +124,11 @@ def scatter(data: bytes | bytearray | memoryview, runs: Sequence[tuple[int, int]
 class SwapFile:
     """A swap file of `size` bytes: page-run I/O at byte offsets.
 
-    With `path` None a temp file is created (in $TMPDIR) and removed on close;
-    a given path is created if missing, truncated to `size`, and kept.
+    With `path` None a temp file is created (in $TMPDIR) and unlinked at
+    once (only the descriptor keeps it; `path` then ends in " (deleted)", as
+    /proc/swaps shows such files).  A given path is opened without following
+    a symlink, must be a regular file, is made mode 0600, truncated to
+    `size`, and kept.
     """
 
     def __init__(self, path: str | None, size: int) -> None:
@@ -134,7 +137,11 @@ class SwapFile:
         if path is None:
             template = ffi.new("char[]", os.path.join(tempfile.gettempdir(), "rumpvm-swap.XXXXXX").encode())
             fd = lib.rv_swap_mktemp(template)
+            if fd < 0:
+                raise _oserror("swap file")
             path = ffi.string(template).decode()
+            lib.rv_unlink(os.fsencode(path))
+            path += " (deleted)"
         else:
             fd = lib.rv_swap_open(os.fsencode(path))
         if fd < 0:
@@ -168,8 +175,6 @@ class SwapFile:
         if self.fd >= 0:
             lib.rv_close(self.fd)
             self.fd = -1
-            if self.temporary:
-                lib.rv_unlink(os.fsencode(self.path))
 
 
 def checksum_buffer(data: bytes | bytearray) -> int:

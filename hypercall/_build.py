@@ -51,6 +51,7 @@ ffibuilder.set_source(
     #include <stdlib.h>
     #include <string.h>
     #include <sys/mman.h>
+    #include <sys/stat.h>
     #include <sys/uio.h>
     #include <unistd.h>
 
@@ -129,9 +130,25 @@ ffibuilder.set_source(
         return h ^ (h >> 32);
     }
 
+    /* A named swap file: never through a symlink, only a regular file,
+       and private to its owner whatever mode it had. */
     int rv_swap_open(const char *path)
     {
-        return open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        struct stat st;
+        int e, fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+            return -1;
+        if (fstat(fd, &st) != 0)
+            e = errno;
+        else if (!S_ISREG(st.st_mode))
+            e = EINVAL;
+        else if (fchmod(fd, 0600) != 0)
+            e = errno;
+        else
+            return fd;
+        close(fd);
+        errno = e;
+        return -1;
     }
     int rv_swap_mktemp(char *template_) { return mkostemp(template_, O_CLOEXEC); }
     int rv_swap_truncate(int fd, int64_t size) { return ftruncate(fd, size); }

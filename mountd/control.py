@@ -5,8 +5,15 @@ offset is ignored, so `echo 32M > limit`, `echo 32M >> limit` and
 `printf 32M > limit` all work.  Leading and trailing whitespace (the newline
 of `echo`) is ignored.  A value is parsed strictly here, before the kernel
 sees it, and then set through the kernel's own setter, which validates it
-again (`VMError(EINVAL)`, old value kept).  Any rejection is EINVAL and
-leaves the old value in place.
+again.  Input that does not parse is EINVAL; a value the kernel refuses
+fails with the errno of its `VMError` (EINVAL for a bad value, ENOMEM for a
+limit below what the pagedaemon can free, ESHUTDOWN after `k.close()`).
+Either way the old value stays in place.
+
+`write` may block: lowering `limit` waits (up to the kernel's
+`oom_timeout`) for the pagedaemon to get resident memory under the new
+limit.  `fs.py` therefore calls it in a worker thread, never on the trio
+thread that serves every other request; it touches no mountd state.
 
 Writes are bounded: a write larger than `MAX_WRITE` bytes fails with EFBIG
 at once and nothing is buffered, so `dd bs=1G of=limit` costs nothing.
@@ -30,10 +37,11 @@ if TYPE_CHECKING:
 MAX_WRITE = 4096
 
 # Sizes for `limit`: decimal bytes with an optional binary k/m/g suffix.
-_SIZE_RE = re.compile(r"(\d+)([kmg]?)", re.IGNORECASE)
+# ASCII only: `\d` would match any Unicode digit, IGNORECASE the Kelvin sign.
+_SIZE_RE = re.compile(r"([0-9]+)([kmg]?)", re.IGNORECASE | re.ASCII)
 _SHIFT = {"": 0, "k": 10, "m": 20, "g": 30}
-_PAGES_RE = re.compile(r"\d+")
-_WORD_RE = re.compile(r"[a-z]+")
+_PAGES_RE = re.compile(r"[0-9]+", re.ASCII)
+_WORD_RE = re.compile(r"[a-z]+", re.ASCII)
 
 
 def parse_limit(text: str) -> int | None:
@@ -73,7 +81,7 @@ def write(kernel: Kernel, kind: Kind, data: bytes) -> int:
         else:
             raise pyfuse3.FUSEError(errno.EACCES)
     except VMError as err:
-        # The kernel's verdict (EINVAL, or ENOMEM for a limit it cannot
-        # honour) goes to the writer unchanged.
-        raise pyfuse3.FUSEError(err.errno or errno.EINVAL) from None
+        # The kernel's verdict (EINVAL, ENOMEM for a limit it cannot
+        # honour, ESHUTDOWN once closed) goes to the writer unchanged.
+        raise pyfuse3.FUSEError(err.errno or errno.EIO) from None
     return len(data)

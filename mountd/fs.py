@@ -7,8 +7,10 @@ FUSE replies.
 
 Invariants:
 - Every handler is wrapped by `_boundary`: an expected failure is a
-  `pyfuse3.FUSEError` carrying its errno; anything else is logged with its
-  traceback and answered with EIO, so no request can stop the daemon.
+  `pyfuse3.FUSEError` or a kernel `VMError` (ESHUTDOWN after `k.close()`,
+  for instance), answered with its errno and not logged; anything else is
+  answered with EIO and logged in one line (handler, arguments, exception,
+  where it was raised), so no request can stop the daemon or flood the log.
 - Nothing that can change is cached in the kernel: entries and attributes
   of per-process and per-object nodes, and the attributes of every file,
   have timeouts of 0; every file is opened with direct_io.  A lookup after
@@ -24,13 +26,21 @@ Invariants:
   mounting user.  The kernel checks them (`default_permissions`), but root
   bypasses mode bits, so `open` and `setattr` enforce read-only-ness again.
 
-Concurrency: the handlers run as trio tasks in the server thread.  Kernel
-calls are plain synchronous calls that take the kernel lock, made directly
-on the trio thread: a read is at most one FUSE request (1 MiB), and the
-calls hold the GIL anyway, so a worker-thread hop (`trio.to_thread`) buys no
-parallelism and costs time.  Measured on a 2-CPU host: sequential 1 MiB
-reads of `mem` 1250-1550 MiB/s direct vs 1060-1100 through to_thread, and
-random 4 KiB preads 145-265 us vs 335-380 us.
+Concurrency: the handlers run as trio tasks in the server thread, so a
+kernel call that blocks the trio thread stalls every other request.  Two
+kinds of call:
+- calls that never wait (lookups, rendering, `peek` reads: the inspection
+  API allocates nothing and pages nothing in) are made directly on the
+  trio thread.  They hold the GIL anyway, so a worker-thread hop buys no
+  parallelism and costs time (2-CPU host: sequential 1 MiB reads of `mem`
+  1250-1550 MiB/s direct vs 1060-1100 through to_thread, random 4 KiB
+  preads 145-265 us vs 335-380 us);
+- calls that may wait (`_blocking`): every control-file write (lowering
+  `limit` waits up to `oom_timeout` for the pagedaemon) and every memory-file
+  write (a page allocation waits up to `oom_timeout` for memory).  They run
+  in a worker thread (`trio.to_thread.run_sync`) while the trio thread
+  serves other requests; the kernel's wait drops the kernel lock, so those
+  requests are not blocked behind it either.
 """
 
 from __future__ import annotations
@@ -42,13 +52,16 @@ import logging
 import os
 import stat
 import time
+import traceback
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import pyfuse3
+import trio
 
 from rumpvm.constants import PAGE_SIZE
+from rumpvm.errors import VMError
 
 from . import control, memfile
 from .tree import Kind, Mode, Node, Tree
@@ -74,6 +87,26 @@ _PERMS = {
 _FIXED_TIMEOUT = 60.0
 
 
+def _brief(args: tuple[object, ...]) -> str:
+    """The request arguments for a log line: numbers and short names as they
+    are, long buffers as their length, request contexts and tokens left out."""
+    out = []
+    for arg in args:
+        if isinstance(arg, bytes):
+            out.append(repr(arg) if len(arg) <= 64 else f"<{len(arg)} bytes>")
+        elif isinstance(arg, (int, str)):
+            out.append(repr(arg))
+    return ", ".join(out)
+
+
+def _where(err: BaseException) -> str:
+    """`file:line` of the innermost frame that raised `err`."""
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return "?"
+    return f"{os.path.basename(frames[-1].filename)}:{frames[-1].lineno}"
+
+
 def _boundary(fn: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
     """Map every failure of a handler to an errno; log the unexpected ones."""
 
@@ -83,11 +116,20 @@ def _boundary(fn: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, Corouti
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
-        except Exception:
-            log.exception("mountd: %s%r failed unexpectedly; answering EIO", fn.__name__, args[1:])
+        except VMError as err:
+            # The kernel's verdict: expected, answered with its errno.
+            raise pyfuse3.FUSEError(err.errno or errno.EIO) from None
+        except Exception as err:
+            log.error("mountd: %s(%s) failed unexpectedly: %r at %s; answering EIO",
+                      fn.__name__, _brief(args[1:]), err, _where(err))
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return handler
+
+
+async def _blocking(fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+    """Run a kernel call that may wait in a worker thread (module docstring)."""
+    return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
 
 @dataclass(slots=True)
@@ -281,9 +323,9 @@ class VMFS(pyfuse3.Operations):
         opened = self._file(fh)
         mode = opened.node.mode
         if mode is Mode.MEMORY:
-            return memfile.write(self.kernel, opened.node, off, buf)
+            return await _blocking(memfile.write, self.kernel, opened.node, off, buf)
         if mode is Mode.CONTROL:
-            return control.write(self.kernel, opened.node.kind, buf)
+            return await _blocking(control.write, self.kernel, opened.node.kind, buf)
         raise pyfuse3.FUSEError(errno.EACCES)
 
     @_boundary

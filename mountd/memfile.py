@@ -12,7 +12,9 @@ Writes go through the VM (`Proc.write`, `Kernel.object_write`): protection
 is checked and copy-on-write honoured.  A write to a mapped page without
 write permission is EACCES (SEGV_ACCERR); to an unmapped page, EIO
 (SEGV_MAPERR).  The whole write is checked first, so a failed write changes
-nothing.
+nothing.  A write that runs out of memory part-way (`OutOfMemory.written`)
+returns the bytes written, a short write (the writer's retry of the rest
+then fails with ENOMEM).
 
 Sizes (what `stat` shows): `mem` is `VM_MAXUSER_ADDRESS`, the end of the user
 address space, not 0 as on Linux: `od -j`, `hexdump -s` and `tail -c` trust
@@ -22,6 +24,11 @@ page cache never serves stale bytes and st_size never clips a read.
 
 Errors after the process or object went away: ESRCH for `mem`, ESTALE for
 `data` (the handle names an object that no longer exists).
+Any other kernel error is answered with the errno of its `VMError`.
+
+`write` may block (a page allocation waits up to the kernel's `oom_timeout`
+for memory), so `fs.py` calls it in a worker thread; reads never wait for
+memory and run on the trio thread.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from typing import TYPE_CHECKING
 import pyfuse3
 
 from rumpvm.constants import VM_MAXUSER_ADDRESS
-from rumpvm.errors import SegmentationFault, VMError
+from rumpvm.errors import OutOfMemory, SegmentationFault, VMError
 
 from .tree import Kind, Node
 
@@ -83,6 +90,9 @@ def write(kernel: Kernel, node: Node, off: int, data: bytes) -> int:
         else:
             kernel.object_write(node.id, off, data)
     except VMError as err:
+        written = getattr(err, "written", None) if isinstance(err, OutOfMemory) else None
+        if written:
+            return int(written)  # a short write: what made it before memory ran out
         raise _translate(node, err) from None
     return len(data)
 
@@ -93,11 +103,10 @@ def _translate(node: Node, err: VMError) -> Exception:
         return pyfuse3.FUSEError(_SEGV_ERRNO.get(err.code, errno.EIO))
     if err.errno in (errno.ESRCH, errno.ENOENT):
         return pyfuse3.FUSEError(errno.ESRCH if node.kind is Kind.PROC_MEM else errno.ESTALE)
-    if err.errno in (errno.EIO, errno.EINVAL, errno.EFBIG, errno.ENOMEM):
-        # EIO: swap checksum; EINVAL/EFBIG: outside the object; ENOMEM: a
-        # write that needed memory over the limit.
-        return pyfuse3.FUSEError(err.errno)
     if err.errno == errno.EFAULT:
         # A fault without a SEGV code: to a reader it is still "no memory here".
         return pyfuse3.FUSEError(errno.EIO)
-    return err
+    # The kernel's own errno: EIO (swap checksum), EINVAL/EFBIG (outside the
+    # object), ENOMEM (a write that needed memory over the limit),
+    # ESHUTDOWN (the kernel is closed), ...
+    return pyfuse3.FUSEError(err.errno or errno.EIO)

@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING
 
 from rumpvm.constants import (
     INHERIT_NONE,
-    MADV_NOCORE,
     MADV_RANDOM,
     MADV_SEQUENTIAL,
     PAGE_SIZE,
@@ -131,8 +130,9 @@ def vmflags(entry: MapEntry) -> str:
         flags.append("rr")
     if entry.inheritance == INHERIT_NONE:
         flags.append("dc")
-    if entry.advice == MADV_NOCORE:
-        flags.append("dd")
+    # No `dd` (MADV_NOCORE): the kernel keeps nocore apart from `advice`
+    # (which only holds NORMAL/RANDOM/SEQUENTIAL) and the MapEntry record
+    # does not carry it.
     return "VmFlags: " + "".join(f + " " for f in flags) + "\n"
 
 

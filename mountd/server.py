@@ -77,11 +77,15 @@ def _release_session() -> None:
         _session_owner = None
 
 
+_OCTAL = frozenset("01234567")
+
+
 def _unescape_mount_field(field: str) -> str:
-    # /proc/self/mounts writes space, tab, newline and backslash as \ooo.
+    # /proc/self/mounts writes space, tab, newline and backslash as \ooo
+    # (three ASCII octal digits; `isdigit` would also take "²" or "9").
     out, i = [], 0
     while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
+        if field[i] == "\\" and len(field) >= i + 4 and _OCTAL.issuperset(field[i + 1:i + 4]):
             out.append(chr(int(field[i + 1:i + 4], 8)))
             i += 4
         else:

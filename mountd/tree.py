@@ -17,9 +17,14 @@ requires); per-process, per-object and per-kmem-map nodes use
 object ids are assumed below 2**48 and not reused within a kernel's life
 (rumpvm hands them out increasing).
 
+Names: a pid or object id is a canonical ASCII decimal (`parse_id`): no
+sign, spaces, leading zeros or non-ASCII digits, so "²", "٣", "+7" and "07"
+are ENOENT and never alias (or crash on) a real entry.
+
 Every method raises `pyfuse3.FUSEError` for the expected failures (ENOENT
 for a node that is gone, ENOTDIR/EINVAL for misuse) and otherwise lets the
-kernel's exception escape for the FUSE boundary in `fs.py` to log.  The tree
+kernel's `VMError` escape: the FUSE boundary in `fs.py` answers with its
+errno (ESHUTDOWN after `k.close()`, for instance).  The tree
 takes no lock: each kernel call takes the kernel's own lock, and a node that
 disappears between two calls simply turns into ENOENT.
 """
@@ -160,6 +165,21 @@ class Node:
         return cls(kind, ino & _ID_MASK)
 
 
+def parse_id(name: str) -> int:
+    """The pid or object id a directory entry name stands for; ENOENT otherwise.
+
+    Only canonical ASCII decimal: `str.isdigit` and `int` accept Unicode
+    digits ("²" is a digit `int` rejects, "٣" one it reads as 3), signs and
+    surrounding spaces, and "007" or "+7" must not alias "7".
+    """
+    if not name.isascii() or not name.isdigit() or (len(name) > 1 and name[0] == "0"):
+        raise pyfuse3.FUSEError(errno.ENOENT)
+    value = int(name)
+    if value > _ID_MASK:
+        raise pyfuse3.FUSEError(errno.ENOENT)
+    return value
+
+
 def _gone(err: VMError) -> Exception:
     """ENOENT for "no such process/object"; any other kernel error unchanged."""
     if err.errno in (errno.ESRCH, errno.ENOENT):
@@ -202,9 +222,8 @@ class Tree:
                 raise pyfuse3.FUSEError(errno.ENOENT)
         elif kind is Kind.OBJ_DIR or parent is Kind.OBJ_DIR:
             self.object_shadow(node)
-        elif kind is Kind.KMEM_MAP:
-            if node.id >= len(self.kernel.kmem_maps()):
-                raise pyfuse3.FUSEError(errno.ENOENT)
+        elif kind is Kind.KMEM_MAP and node.id >= len(self.kernel.kmem_maps()):
+            raise pyfuse3.FUSEError(errno.ENOENT)
 
     # -- directories ---------------------------------------------------------
 
@@ -219,7 +238,7 @@ class Tree:
             return [(str(o.id), Node(Kind.OBJ_DIR, o.id)) for o in sorted(self.kernel.objects(), key=_oid)]
         if kind is Kind.KMEM:
             maps = [(_file_name(m.name), Node(Kind.KMEM_MAP, i)) for i, m in enumerate(self.kernel.kmem_maps())]
-            return maps + [("pools", Node(Kind.KMEM_POOLS))]
+            return [*maps, ("pools", Node(Kind.KMEM_POOLS))]
         kids = [(name, Node(child, node.id)) for name, child in _CHILDREN[kind]]
         if kind is Kind.OBJ_DIR and self.object_shadow(node) is None:
             kids = [(name, n) for name, n in kids if n.kind is not Kind.OBJ_BACKING]
@@ -233,10 +252,7 @@ class Tree:
         if parent.mode is not Mode.DIR:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if kind in (Kind.PROC, Kind.OBJECTS):
-            # Only canonical decimal names: "007" or "+7" must not alias "7".
-            if not name.isdigit() or str(int(name)) != name or int(name) > _ID_MASK:
-                raise pyfuse3.FUSEError(errno.ENOENT)
-            child = Node(Kind.PROC_DIR if kind is Kind.PROC else Kind.OBJ_DIR, int(name))
+            child = Node(Kind.PROC_DIR if kind is Kind.PROC else Kind.OBJ_DIR, parse_id(name))
             self.check(child)
             return child
         for child_name, child in self.children(parent):

@@ -4,7 +4,7 @@ process (rump-kernel style).  See README.md and DESIGN.md."""
 from .constants import (INHERIT_COPY, INHERIT_NONE, INHERIT_SHARE, MADV_AUTOSYNC, MADV_CORE,
                         MADV_DONTNEED, MADV_FREE, MADV_NOCORE, MADV_NORMAL, MADV_NOSYNC,
                         MADV_RANDOM, MADV_SEQUENTIAL, MADV_WILLNEED, MAP_ANON, MAP_FIXED,
-                        MAP_PRIVATE, MAP_SHARED, PAGE_SIZE, PROT_EXEC, PROT_NONE, PROT_READ,
+                        MAP_PRIVATE, MAP_SHARED, MS_ASYNC, MS_INVALIDATE, MS_SYNC, PAGE_SIZE, PROT_EXEC, PROT_NONE, PROT_READ,
                         PROT_WRITE, PROT_MAX)
 from .errors import OutOfMemory, SegmentationFault, VMError
 from .inspect import MapEntry, ObjectInfo, ProcStatus, SmapsInfo
@@ -20,4 +20,5 @@ __all__ = [
     "INHERIT_SHARE", "INHERIT_COPY", "INHERIT_NONE",
     "MADV_NORMAL", "MADV_RANDOM", "MADV_SEQUENTIAL", "MADV_WILLNEED", "MADV_DONTNEED",
     "MADV_FREE", "MADV_NOSYNC", "MADV_AUTOSYNC", "MADV_NOCORE", "MADV_CORE",
+    "MS_ASYNC", "MS_SYNC", "MS_INVALIDATE",
 ]

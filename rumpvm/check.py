@@ -13,12 +13,20 @@ Returns a list of violated invariants, empty when all hold:
 - pages and frames: every frame is exactly one of free, a page, or a pool
   frame; every pageable page is on exactly one queue; wired counts match;
 - swap: slots in use = slots referenced by objects, no slot twice;
+- wiring: every page a map holds wired is the page its entry's object
+  chain maps at that address (a COW that hid it would strand the wiring);
+- reachability: every resident page and swap slot lies in a pindex range a
+  live mapping, shadow or handle can reach (no leaks), and each object's
+  `mappings` are exactly the linked entries that map it;
+- ownership: objects, backing objects and frames belong to this kernel;
+- accounting: charged bytes = swap bookkeeping + uvm_km_alloc arenas;
 - limit: resident <= limit (unless the limit was just lowered).
 Lock: the caller holds the kernel lock.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -29,6 +37,7 @@ from .fault import resolve
 if TYPE_CHECKING:
     from .kernel import Kernel
     from .map import VMMap
+    from .object import VMObject
 
 
 def _maps(k: "Kernel") -> list["VMMap"]:
@@ -41,6 +50,7 @@ def check_kernel(k: "Kernel") -> list[str]:
     mapped_pages: dict[int, int] = {}
     pv_expected: set[tuple[int, int, int]] = set()
     wired_expected: Counter[int] = Counter()
+    linked: set[int] = set()
     for m in _maps(k):
         errs += [f"{m.name}: {e}" for e in m.tree.check()]
         total = 0
@@ -54,12 +64,23 @@ def check_kernel(k: "Kernel") -> list[str]:
                 refs[e.obj.id] += 1
                 if e.obj.dead:
                     errs.append(f"{m.name}: {e} maps dead object {e.obj.id}")
+                if e.obj.kernel is not k or k.objtab.get(e.obj.id) is not e.obj:
+                    errs.append(f"{m.name}: {e} maps an object of another kernel")
+                if e not in e.obj.mappings:
+                    errs.append(f"{m.name}: {e} missing from object {e.obj.id}'s mappings")
+                linked.add(id(e))
             elif e.needs_copy:
                 errs.append(f"{m.name}: {e} needs copy without object")
         if total != m.size:
             errs.append(f"{m.name}: size {m.size} != {total}")
         for vpn, page in m.wired.items():
             wired_expected[id(page)] += 1
+            va = vpn << PAGE_SHIFT
+            _, we = resolve(m, va)
+            if we is None or not we.wired_count or we.obj is None:
+                errs.append(f"{m.name}: wired page at {va:#x} outside a wired entry")
+            elif vm_object.lookup(we.obj, we.pindex(va))[2] is not page:
+                errs.append(f"{m.name}: wired page {page} at {va:#x} is not the page the entry maps")
         if m.pmap is k.kernel_map.pmap and m is not k.kernel_map:
             continue  # submaps share the kernel pmap; checked through kernel_map
         for vpn, page in m.pmap.rd.items():
@@ -97,8 +118,15 @@ def check_kernel(k: "Kernel") -> list[str]:
     for oid, o in k.objtab.items():
         if o.id != oid or o.dead:
             errs.append(f"object table: {oid} -> {o}")
+        if o.kernel is not k:
+            errs.append(f"object {o.id} belongs to another kernel")
+        for me in o.mappings:
+            if id(me) not in linked or me.obj is not o:
+                errs.append(f"object {o.id}: stale mapping {me}")
         if o.backing is not None:
             refs[o.backing.id] += 1
+            if o.backing.kernel is not k:
+                errs.append(f"object {o.id} is backed by an object of another kernel")
             if o not in o.backing.shadows:
                 errs.append(f"object {o.id} missing from its backing's shadow set")
         for s in o.shadows:
@@ -123,6 +151,9 @@ def check_kernel(k: "Kernel") -> list[str]:
             slots[slot] += 1
         if o.pindex_bound_errors():
             errs.append(f"object {o.id}: pages beyond its size")
+        leaked = _unreached(o)
+        if leaked:
+            errs.append(f"object {o.id}: {len(leaked)} pages/slots nothing can reach, e.g. pindex {leaked[:5]}")
     for oid, o in k.objtab.items():
         want = refs[oid] + o.handles
         if o.ref_count != want:
@@ -142,6 +173,17 @@ def check_kernel(k: "Kernel") -> list[str]:
     for pool in k.pooltab.values():
         for f in pool.frames:
             frames[f] += 1
+    for r in k.reservations:
+        for f in r.frames:
+            frames[f] += 1
+    total = k.physmem.total_frames
+    strays = [f for f in frames if not 0 <= f < total]
+    if strays:
+        errs.append(f"frames not from this kernel's arenas: {strays[:10]}")
+    for o in k.objtab.values():
+        for page in o.pages.values():
+            if 0 <= page.frame < total and k.physmem.frame_location(page.frame)[0] != page.addr:
+                errs.append(f"{page}: address {page.addr:#x} is not its frame's")
         if pool.inuse > pool.npages * pool.perpage:
             errs.append(f"pool {pool.name}: {pool.inuse} items in {pool.npages} pages")
     free = Counter(k.physmem.free_frames)
@@ -168,6 +210,21 @@ def check_kernel(k: "Kernel") -> list[str]:
             errs.append("swap slot map disagrees with its count")
     elif slots:
         errs.append("swap slots without swap")
+    charged = sum(a.size for a in k.kmem.km_arenas.values()) + (k.swap.bookkeeping_bytes if k.swap else 0)
+    if k.physmem.charged != charged:
+        errs.append(f"charged {k.physmem.charged} != swap bookkeeping + km arenas {charged}")
     if k.physmem.limit is not None and k.physmem.resident > k.physmem.limit:
         errs.append(f"resident {k.physmem.resident} > limit {k.physmem.limit}")
     return errs
+
+
+def _unreached(o: "VMObject") -> list[int]:
+    """Pindexes of `o`'s pages and slots outside every range that can reach them."""
+    ranges = vm_object.reached(o)
+    starts = [a for a, _ in ranges]
+    out = []
+    for pindex in (*o.pages, *o.swap):
+        i = bisect_right(starts, pindex) - 1
+        if i < 0 or pindex >= ranges[i][1]:
+            out.append(pindex)
+    return sorted(out)

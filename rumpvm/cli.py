@@ -4,9 +4,12 @@ counters), `mount` (serve /vm in the foreground), `lab` (experiments)."""
 from __future__ import annotations
 
 import argparse
+import errno
+import importlib
 import logging
-import os
 import sys
+from collections.abc import Callable
+from importlib.metadata import entry_points
 
 from .constants import PAGE_SIZE
 from .errors import VMError
@@ -40,15 +43,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_mount(args: argparse.Namespace) -> int:
-    import mountd
+def _fuse_serve() -> Callable[..., None]:
+    """The foreground `serve` of the FUSE server registered under the
+    `rumpvm.mount` entry point `fuse` (the one `Kernel.mount` loads; rumpvm
+    never imports mountd by name): `serve` of the entry point's module."""
+    eps = [ep for ep in entry_points(group="rumpvm.mount") if ep.name == "fuse"]
+    if not eps:
+        raise VMError(errno.ENODEV, "no FUSE server installed (entry point rumpvm.mount:fuse)")
+    serve: Callable[..., None] = importlib.import_module(eps[0].module).serve
+    return serve
 
+
+def cmd_mount(args: argparse.Namespace) -> int:
     from .demo import DemoWorkload
     from .kernel import Kernel
+    serve = _fuse_serve()  # before the kernel: fail early when mountd is missing
     with Kernel(memlimit=args.memlimit, swap=args.swap) as k:
         demo = DemoWorkload(k).start() if args.demo else None
         try:
-            mountd.serve(k, args.mountpoint, allow_other=args.allow_other)
+            serve(k, args.mountpoint, allow_other=args.allow_other)
         finally:
             if demo is not None:
                 demo.stop()

@@ -63,7 +63,7 @@ class DemoWorkload:
         self._thread = threading.Thread(target=self._run, name="demo", daemon=True)
         self.rounds = 0
 
-    def start(self) -> "DemoWorkload":
+    def start(self) -> DemoWorkload:
         self._thread.start()
         return self
 

@@ -18,10 +18,14 @@ class VMError(OSError):
 
 
 class OutOfMemory(VMError):
-    """Memory ran out: nothing could be freed within the wait bound (ENOMEM)."""
+    """Memory ran out: nothing could be freed within the wait bound (ENOMEM).
+
+    `written` is set by a write that ran out part-way: the bytes written from
+    its start (a short write); None for every other call."""
 
     def __init__(self, message: str = "out of memory") -> None:
         super().__init__(errno.ENOMEM, message)
+        self.written: int | None = None
 
 
 class SegmentationFault(VMError):
@@ -43,6 +47,3 @@ class SegmentationFault(VMError):
 def einval(message: str) -> VMError:
     return VMError(errno.EINVAL, message)
 
-
-def enomem(message: str) -> VMError:
-    return VMError(errno.ENOMEM, message)

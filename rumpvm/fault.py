@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .map import VMMap, VMMapEntry
     from .object import VMObject
     from .page import VMPage
+    from .physmem import Reservation
 
 
 class _Retry(Exception):
@@ -56,41 +57,64 @@ def resolve(vmap: "VMMap", va: int) -> tuple["VMMap", "VMMapEntry | None"]:
 
 
 def vm_fault(k: "Kernel", vmap: "VMMap", va: int, access: int, wire: bool = False,
-             nowait: bool = False) -> "VMPage | None":
+             nowait: bool = False, resv: "Reservation | None" = None) -> "VMPage | None":
     """Make the page at `va` accessible for `access` and return it (entered in
     the pmap, wired if `wire`), or None for a read of a never-written page.
+    New pages take frames from `resv` while it has some.
 
-    Raises SegmentationFault, VMError(EIO) (swap checksum), OutOfMemory.
+    Raises SegmentationFault, VMError(EIO) (swap), OutOfMemory, and
+    VMError(ESHUTDOWN) if the kernel closes while the fault sleeps.
     Requires the kernel lock; may drop and retake it.
     """
     k.uvmexp.faults += 1
     deadline: float | None = None
     while True:
         try:
-            return _fault(k, vmap, va, access, wire)
+            return _fault(k, vmap, va, access, wire, resv)
         except _Retry:
-            continue
+            k.check_open()
         except _NeedMemory:
             if nowait:
                 raise OutOfMemory("no memory for a no-wait fault") from None
             deadline = k.memwait(deadline)
 
 
-def _alloc(k: "Kernel", obj: "VMObject", pindex: int) -> "VMPage":
-    page = k.page_alloc(obj, pindex)
+def object_fault(k: "Kernel", obj: "VMObject", pindex: int) -> "VMPage":
+    """The page `pindex` of `obj` itself, made writable there (copied up
+    from a backing object, paged in, or zero-filled), waiting for memory
+    as vm_fault does.  The caller holds the lock and a reference on `obj`."""
+    deadline: float | None = None
+    while True:
+        try:
+            page = fault_object(k, obj, pindex, True)
+            assert page is not None
+            return page
+        except _Retry:
+            k.check_open()
+        except _NeedMemory:
+            deadline = k.memwait(deadline)
+
+
+def _alloc(k: "Kernel", obj: "VMObject", pindex: int, resv: "Reservation | None") -> "VMPage":
+    page = k.page_alloc(obj, pindex, resv)
     if page is None:
         raise _NeedMemory
     return page
 
 
-def _fault(k: "Kernel", vmap: "VMMap", va: int, access: int, wire: bool) -> "VMPage | None":
+def _fault(k: "Kernel", vmap: "VMMap", va: int, access: int, wire: bool,
+           resv: "Reservation | None") -> "VMPage | None":
     vmap, e = resolve(vmap, va)
     if e is None:
         raise SegmentationFault(va, access, "SEGV_MAPERR")
     need = access if access & PROT_WRITE else PROT_READ
     if e.prot & need != need:
         raise SegmentationFault(va, access, "SEGV_ACCERR")
-    write = bool(access & PROT_WRITE) or (wire and bool(e.prot & PROT_WRITE))
+    # A wired page must be the one the entry will keep mapping: resolve
+    # copy-on-write now wherever the entry could ever be written, so a later
+    # mprotect+write cannot leave the wiring on a page the chain hides
+    # (what vm_fault_copy_entry does when mprotect adds write).
+    write = bool(access & PROT_WRITE) or (wire and bool(e.max_prot & PROT_WRITE))
 
     if e.needs_copy and write:
         assert e.obj is not None
@@ -99,19 +123,39 @@ def _fault(k: "Kernel", vmap: "VMMap", va: int, access: int, wire: bool) -> "VMP
         else:
             if not k.pool_room(objects=1):
                 raise _NeedMemory
-            e.obj = vm_object.shadow(k, e.obj, e.offset >> PAGE_SHIFT, e.npages)
-            e.offset = 0
+            e.set_object(vm_object.shadow(k, e.obj, e.offset >> PAGE_SHIFT, e.npages), 0)
             e.needs_copy = False
     if e.obj is None:
         if not write and not wire:
             return None
         if not k.pool_room(objects=1):
             raise _NeedMemory
-        e.obj = vm_object.allocate(k, e.npages)
-        e.offset = 0
+        e.set_object(vm_object.allocate(k, e.npages), 0)
 
+    page = fault_object(k, e.obj, e.pindex(va), write, wire, e.advice, resv)
+    if page is None:
+        return None
     top = e.obj
-    pindex = e.pindex(va)
+    vpn = va >> PAGE_SHIFT
+    writable = bool(e.prot & PROT_WRITE) and not e.needs_copy and page.obj is top
+    vmap.pmap.enter(vpn, page, writable)
+    page.referenced = True
+    if wire and vmap.wired.get(vpn) is not page:
+        old = vmap.wired.pop(vpn, None)
+        if old is not None:
+            k.queues.unwire(old)
+        vmap.wired[vpn] = page
+        k.queues.wire(page)
+    return page
+
+
+def fault_object(k: "Kernel", top: "VMObject", pindex: int, write: bool, alloc: bool = False,
+                 advice: int = MADV_NORMAL, resv: "Reservation | None" = None) -> "VMPage | None":
+    """The object half of a fault: the page for `pindex` of `top`'s chain —
+    copied into `top` for a write (COW), paged in from swap, or zero-filled
+    into `top` for a write or when `alloc`; None for a read of a page no
+    object has.  Raises _Retry after sleeping (busy page, page-in) and
+    _NeedMemory; requires the kernel lock."""
     o, pi, page, slot = vm_object.lookup(top, pindex)
     if page is not None and page.busy:
         page.wanted = True
@@ -119,44 +163,37 @@ def _fault(k: "Kernel", vmap: "VMMap", va: int, access: int, wire: bool) -> "VMP
         k.page_cv.wait()
         raise _Retry
     if slot is not None:
-        pagein(k, o, pi, slot, e.advice)
+        pagein(k, o, pi, slot, advice, resv)
         raise _Retry
     if page is None:
-        if not write and not wire:
+        if not write and not alloc:
             return None
-        page = _alloc(k, top, pindex)
+        page = _alloc(k, top, pindex, resv)
         hypercall.page_zero(page.addr)
         k.uvmexp.zerofills += 1
     elif page.obj is not top and write:
         src = page
-        page = _alloc(k, top, pindex)
+        page = _alloc(k, top, pindex, resv)
         hypercall.page_copy(page.addr, src.addr)
         # Other maps may read the old page through this object: they must
         # now see the copy, so drop every translation of the source.
         page_remove_all(src)
         k.uvmexp.cowfaults += 1
-
-    vpn = va >> PAGE_SHIFT
-    writable = bool(e.prot & PROT_WRITE) and not e.needs_copy and page.obj is top
-    vmap.pmap.enter(vpn, page, writable)
-    page.referenced = True
-    if wire and vmap.wired.get(vpn) is not page:
-        vmap.wired[vpn] = page
-        k.queues.wire(page)
     return page
 
 
 READAHEAD = {MADV_NORMAL: 7, MADV_SEQUENTIAL: 15, MADV_RANDOM: 0}  # pages after the faulting one
 
 
-def pagein(k: "Kernel", obj: "VMObject", pindex: int, slot: int, advice: int = MADV_NORMAL) -> None:
+def pagein(k: "Kernel", obj: "VMObject", pindex: int, slot: int, advice: int = MADV_NORMAL,
+           resv: "Reservation | None" = None) -> None:
     """Read a swapped page back into `obj` at `pindex`, with the following
     pages of the object whose slots follow (read-ahead, one preadv) while
     memory is plentiful.  The pages are busy and the lock dropped during the
     read.  A checksum failure of the faulting page raises EIO and leaves the
     slot in place (the page stays unreadable, never wrong); a bad read-ahead
     page is just dropped."""
-    pages = [_alloc(k, obj, pindex)]
+    pages = [_alloc(k, obj, pindex, resv)]
     # Read ahead only for a sequential pattern (the previous page-in of this
     # object was just before), as vm_fault's sequential heuristic does.
     ahead = READAHEAD.get(advice, 7) if advice == MADV_SEQUENTIAL or obj.last_pagein == pindex - 1 else 0
@@ -174,16 +211,14 @@ def pagein(k: "Kernel", obj: "VMObject", pindex: int, slot: int, advice: int = M
         page.busy = page.fake = True
     k.io_pages.update(pages)
     obj.pip += len(pages)
-    k.lockdrops += 1
-    k.lock.release()
-    err: OSError | None = None
+    err: VMError | None = None
     good: list[bool] = []
-    try:
-        good = k.swap.read_run(slot, [p.addr for p in pages])  # type: ignore[union-attr]
-    except OSError as ex:
-        err = ex
-    finally:
-        k.lock.acquire()
+    assert k.swap is not None
+    with k.unlocked():
+        try:
+            good = k.swap.read_run(slot, [p.addr for p in pages])
+        except VMError as ex:
+            err = ex
     obj.pip -= len(pages)
     k.io_pages.difference_update(pages)
     for n, page in enumerate(pages):
@@ -204,7 +239,7 @@ def pagein(k: "Kernel", obj: "VMObject", pindex: int, slot: int, advice: int = M
         raise err
 
 
-def wire_range(k: "Kernel", vmap: "VMMap", start: int, end: int, access: int) -> None:
+def wire_range(k: "Kernel", vmap: "VMMap", start: int, end: int, resv: "Reservation | None" = None) -> None:
     """Fault in and wire every page of [start, end) (vm_fault_wire)."""
     for va in range(start, end, 1 << PAGE_SHIFT):
-        vm_fault(k, vmap, va, access, wire=True)
+        vm_fault(k, vmap, va, PROT_READ, wire=True, resv=resv)

@@ -162,8 +162,12 @@ _ZEROS = memoryview(bytes(PAGE_SIZE))
 
 
 def _object_page_bytes(k: "Kernel", obj: "VMObject", pindex: int) -> bytes | None:
-    """The bytes of page `pindex` as seen through `obj`'s chain (None: zeros)."""
-    _, _, page, slot = vm_object.lookup(obj, pindex)
+    """The bytes of page `pindex` as seen through `obj`'s chain (None: zeros).
+    A page still being paged in (fake) has no valid bytes yet: its swap copy
+    is read instead."""
+    o, pi, page, slot = vm_object.lookup(obj, pindex)
+    if page is not None and page.fake:
+        page, slot = None, o.swap.get(pi)
     if page is not None:
         return page.buf[page.off:page.off + PAGE_SIZE].tobytes()
     if slot is not None:
@@ -212,3 +216,32 @@ def peek_object(k: "Kernel", obj: "VMObject", offset: int, length: int) -> bytes
         out += full[off:off + n] if full is not None else bytes(n)
         pos += n
     return bytes(out)
+
+
+def peek_runs(k: "Kernel", vmap: "VMMap", e: "VMMapEntry") -> list[tuple[int, bytes]]:
+    """The pages of entry `e` that have contents (resident or swapped
+    anywhere in its chain), as runs (address, bytes) of consecutive pages;
+    pages never written are left out.  Side-effect free; lock held."""
+    if e.obj is None:
+        return []
+    first, last = e.pindex(e.start), e.pindex(e.end)
+    present: set[int] = set()
+    o, off = e.obj, 0
+    while o is not None:
+        for table in (o.pages, o.swap):
+            present.update(i - off for i in vm_object.keys_in(table, first + off, last + off))
+        off += o.backing_offset
+        o = o.backing
+    runs: list[tuple[int, bytes]] = []
+    run_start, parts = 0, bytearray()
+    for pindex in sorted(present):
+        va = e.start + ((pindex - first) << PAGE_SHIFT)
+        if not parts or va != run_start + len(parts):
+            if parts:
+                runs.append((run_start, bytes(parts)))
+            run_start, parts = va, bytearray()
+        data = _object_page_bytes(k, e.obj, pindex)
+        parts += data if data is not None else _ZEROS
+    if parts:
+        runs.append((run_start, bytes(parts)))
+    return runs

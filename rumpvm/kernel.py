@@ -12,6 +12,13 @@ cost without parallelism.  The BSD rules that matter still hold: no lock is
 held across host I/O (pages under I/O are busy; waiters sleep on
 `page_cv`), a thread that needs memory sleeps on `mem_cv` for at most
 `oom_timeout` seconds, and the pagedaemon never waits for memory.
+
+Entry and shutdown.  Every public call enters through `gate` (the lock, a
+closed check, and a count of threads inside).  `close` marks the kernel
+closed, wakes every sleeper (each then raises VMError(ESHUTDOWN)), waits
+until no thread is inside, stops the pagedaemon, and only then returns host
+memory.  A kernel dropped without `close` is released by a finalizer (its
+pagedaemon holds it only weakly).
 XXX: per-map and per-object locks would let page-in of one process overlap
 faults of another; today they overlap only with the I/O itself.
 
@@ -21,15 +28,19 @@ Invariants (verified by `check`): see rumpvm/check.py.
 from __future__ import annotations
 
 import errno
+import math
 import threading
 import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 import hypercall
 
 from . import object as vm_object
-from .constants import (INHERIT_SHARE, PAGE_SHIFT, PAGE_SIZE, PROT_ALL, PROT_READ, PROT_WRITE,
+from .constants import (INHERIT_COPY, INHERIT_SHARE, PAGE_SHIFT, PAGE_SIZE, PROT_ALL, PROT_READ, PROT_WRITE,
                         VM_MAX_KERNEL_ADDRESS, VM_MIN_KERNEL_ADDRESS)
 from .check import check_kernel
 from .errors import OutOfMemory, VMError, einval
@@ -39,13 +50,13 @@ from .kmem import Kmem
 from .map import VMMap, VMMapEntry
 from .object import VMObject
 from .page import ACTIVE, PageQueues, VMPage
-from .pagedaemon import Pagedaemon
+from .pagedaemon import Pagedaemon, stop_daemon
 from .param import format_size, parse_limit, parse_size
-from .physmem import MIN_LIMIT, PhysMem
+from .physmem import MIN_LIMIT, PDRESERVE_PAGES, PhysMem, Reservation
 from .pool import Pool
 from .proc import UAREA_CACHE, USPACE, Proc
 from .swap_pager import SwapPager
-from .uio import vm_write
+from . import uio
 from .vmspace import vmspace_alloc, vmspace_fork
 
 
@@ -83,6 +94,45 @@ def _parse_memlimit(value: int | str | None, what: str = "memlimit") -> int | No
     return limit
 
 
+class _Gate:
+    """`with k.gate:` — the way into the kernel for every public call: takes
+    the lock, refuses a closed kernel (ESHUTDOWN), and counts the thread as
+    inside until it leaves (close waits for that count to reach zero)."""
+
+    __slots__ = ("k",)
+
+    def __init__(self, k: "Kernel") -> None:
+        self.k = k
+
+    def __enter__(self) -> None:
+        k = self.k
+        k.lock.acquire()
+        if k.closed:
+            k.lock.release()
+            raise VMError(errno.ESHUTDOWN, "kernel is closed")
+        k.inside += 1
+
+    def __exit__(self, *exc: object) -> None:
+        k = self.k
+        k.inside -= 1
+        if k.closed and not k.inside:
+            k.mem_cv.notify_all()
+        k.lock.release()
+
+
+def _release_host(pd_args: tuple[Any, ...], physmem: PhysMem, km_arenas: dict[int, hypercall.Arena],
+                  swap: SwapPager | None) -> None:
+    """Give a kernel's host resources back (close, or the finalizer of a
+    kernel dropped without close).  Holds no reference to the kernel."""
+    stop_daemon(*pd_args)
+    for arena in km_arenas.values():
+        hypercall.unmap(arena)
+    km_arenas.clear()
+    physmem.close()
+    if swap is not None:
+        swap.close()
+
+
 class Kernel:
     """A rumpvm kernel.  Use as a context manager; see DESIGN.md."""
 
@@ -97,9 +147,17 @@ class Kernel:
         swap_bytes = parse_size(swap, "swap")
         if swap_bytes < 0:
             raise einval(f"swap size {swap_bytes} is negative")
-        if isinstance(oom_timeout, bool) or not isinstance(oom_timeout, (int, float)) or oom_timeout < 0:
-            raise einval(f"oom_timeout {oom_timeout!r} must be a non-negative number")
+        if isinstance(oom_timeout, bool) or not isinstance(oom_timeout, (int, float)):
+            raise TypeError(f"oom_timeout must be a number, not {type(oom_timeout).__name__}")
+        if not (math.isfinite(oom_timeout) and 0 <= oom_timeout <= threading.TIMEOUT_MAX):
+            raise einval(f"oom_timeout {oom_timeout!r} must be a finite number of seconds >= 0")
+        wired = parse_limit(wired_limit, "wired_limit")
+        if wired is not None and wired < 0:
+            raise einval(f"wired_limit {wired} is negative")
         self.lock = threading.Lock()
+        self.gate = _Gate(self)
+        self.inside = 0  # threads inside public calls (see _Gate)
+        self.reservations: set[Reservation] = set()
         self.page_cv = threading.Condition(self.lock)
         self.mem_cv = threading.Condition(self.lock)
         self.mem_waiters = 0
@@ -110,8 +168,16 @@ class Kernel:
         # to no object until its I/O ends; check() counts its frame here).
         self.io_pages: set[VMPage] = set()
         self.oom_timeout = float(oom_timeout)
-        self.swap: SwapPager | None = SwapPager(swap_bytes, swapfile) if swap_bytes >= PAGE_SIZE else None
         self.physmem = PhysMem(limit)
+        try:
+            self.swap: SwapPager | None = SwapPager(swap_bytes, swapfile) if swap_bytes >= PAGE_SIZE else None
+        except OSError as e:
+            raise VMError(e.errno or errno.EIO, f"swap file: {e.strerror or e}") from None
+        if self.swap is not None and not self.physmem.charge(self.swap.bookkeeping_bytes):
+            need = self.swap.bookkeeping_bytes
+            self.swap.close()
+            raise VMError(errno.ENOMEM, f"swap of {swap_bytes} bytes needs {need} bytes of bookkeeping,"
+                                        f" more than the memory limit allows")
         self.uvmexp = Counters()
         self.queues = PageQueues()
         self.touch: Callable[[VMPage], None] | None = None
@@ -120,7 +186,7 @@ class Kernel:
         self.proctab: dict[int, Proc] = {}
         self._next_pid = 1
         self.wired_user_pages = 0
-        self._wired_limit_arg = wired_limit
+        self._wired_limit = wired
         self.closed = False
         self.mounts: list[Any] = []
         self.pooltab = {name: Pool(name, size, self.physmem)
@@ -137,6 +203,8 @@ class Kernel:
         self.kmem_map = self.kmem.suballoc(self.kernel_map, 64 << 20, "kmem_map")
         self.pager_map = self.kmem.suballoc(self.kernel_map, 4 << 20, "pager_map")
         self.pagedaemon.start()
+        self._finalizer = weakref.finalize(self, _release_host, self.pagedaemon.thread_args,
+                                           self.physmem, self.kmem.km_arenas, self.swap)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -147,52 +215,110 @@ class Kernel:
         self.close()
 
     def close(self) -> None:
-        """Unmount, stop the pagedaemon, free all host memory and the swap file."""
-        if self.closed:
-            return
+        """Unmount, wake every thread inside the kernel (their calls raise
+        VMError(ESHUTDOWN)) and wait for them to leave, stop the pagedaemon,
+        then free all host memory and the swap file.  A second close is a
+        no-op."""
         for m in list(self.mounts):
             m.unmount()
-        self.pagedaemon.stop()
         with self.lock:
+            if self.closed:
+                return
             self.closed = True
-            for p in list(self.proctab.values()):
+            for p in self.proctab.values():
                 p.alive = False
+            self._wake_all()
+            while self.inside:
+                self.mem_cv.wait()
             self.proctab.clear()
-        self.kmem.close()
-        self.physmem.close()
-        if self.swap is not None:
-            self.swap.close()
+        self.pagedaemon.stop()
+        self._finalizer()
+
+    def _wake_all(self) -> None:
+        """Wake every thread sleeping in the kernel (lock held)."""
+        self.mem_cv.notify_all()
+        self.page_cv.notify_all()
+        for m in (self.kernel_map, *self.kmem.submaps):
+            m.space_cv.notify_all()
+
+    def check_open(self) -> None:
+        """Raise VMError(ESHUTDOWN) once the kernel is closed (a thread that
+        slept inside the kernel calls it when it wakes)."""
+        if self.closed:
+            raise VMError(errno.ESHUTDOWN, "kernel is closed")
+
+    @contextmanager
+    def unlocked(self) -> Iterator[None]:
+        """Drop the kernel lock around host I/O (the caller made its pages
+        busy), and count the drop so page views taken before are known stale."""
+        self.lockdrops += 1
+        self.lock.release()
+        try:
+            yield
+        finally:
+            self.lock.acquire()
 
     # -- memory ----------------------------------------------------------------------
 
     @property
     def memlimit(self) -> int | None:
-        return self.physmem.limit
+        with self.gate:
+            return self.physmem.limit
 
     @memlimit.setter
     def memlimit(self, value: int | str | None) -> None:
         """Change the limit live.  Lowering it wakes the pagedaemon and waits
-        (up to oom_timeout) until resident memory is under the new limit."""
+        (up to oom_timeout) until resident memory is under the new limit; if
+        that cannot happen (wired memory, no swap) the old limit is restored
+        and VMError(ENOMEM) raised."""
         limit = _parse_memlimit(value)
-        with self.lock:
-            self.physmem.limit = limit
-            self.uvmexp.limitchanges += 1
-            self.pagedaemon.autotune()
-            self.pagedaemon.stalled = False
-            self.pagedaemon.wake()
-            self.mem_cv.notify_all()
+        with self.gate:
+            old = self.physmem.limit
+            if limit is not None and limit < self.unfreeable():
+                raise VMError(errno.ENOMEM, f"memory limit {limit} is below the {self.unfreeable()} bytes"
+                                            " that cannot be freed (wired, kernel memory, or no swap)")
+            self._set_limit(old, limit)
             if limit is None:
                 return
             deadline = time.monotonic() + self.oom_timeout
-            while self.physmem.resident > limit and time.monotonic() < deadline:
+            while self.physmem.resident > limit:
+                now = time.monotonic()
+                if now >= deadline or self.closed:
+                    self._set_limit(limit, old)
+                    raise VMError(errno.ESHUTDOWN if self.closed else errno.ENOMEM,
+                                  f"memory limit {limit}: resident memory could not be brought under it")
                 self.pagedaemon.wake()
-                self.mem_cv.wait(0.05)
+                self.lockdrops += 1
+                self.mem_cv.wait(deadline - now)
+
+    def _set_limit(self, old: int | None, new: int | None) -> None:
+        """Install a limit and rescale the pagedaemon's knobs (lock held)."""
+        self.physmem.limit = new
+        self.uvmexp.limitchanges += 1
+        self.pagedaemon.rescale(old, new)
+        self.pagedaemon.stalled = False
+        self.pagedaemon.wake()
+        self.mem_cv.notify_all()
+
+    def unfreeable(self) -> int:
+        """Bytes of resident memory the pagedaemon can never free: wired and
+        busy pages, kernel memory outside frames, pool items in use, the
+        reserve, and dirty pages when swap is full or absent (lock held)."""
+        pm = self.physmem
+        queued = len(self.queues.active) + len(self.queues.inactive)
+        slots = (self.swap.nslots - self.swap.inuse) if self.swap is not None else 0
+        clean = sum(1 for q in (self.queues.active, self.queues.inactive) for p in q
+                    if not p.dirty and p.obj is not None and p.pindex in p.obj.swap)
+        freeable = min(queued, clean + slots)
+        pool_need = sum(-(-p.inuse // p.perpage) for p in self.pooltab.values())
+        pool_pages = sum(p.npages for p in self.pooltab.values())
+        return pm.resident - (freeable + pool_pages - pool_need) * PAGE_SIZE + PDRESERVE_PAGES * PAGE_SIZE
 
     @property
     def wired_limit(self) -> int | None:
         """The mlock limit (RLIMIT_MEMLOCK): by default a third of the limit."""
-        if self._wired_limit_arg is not None:
-            return parse_size(self._wired_limit_arg, "wired_limit")
+        if self._wired_limit is not None:
+            return self._wired_limit
         return None if self.physmem.limit is None else self.physmem.limit // 3
 
     def in_pagedaemon(self) -> bool:
@@ -201,11 +327,12 @@ class Kernel:
     def free_pages(self) -> int:
         return min(self.physmem.avail_pages(), 1 << 31)
 
-    def page_alloc(self, obj: VMObject, pindex: int) -> VMPage | None:
-        """A new page of `obj` at `pindex`, on the active queue; None when
-        memory is short (the caller waits with memwait and retries)."""
+    def page_alloc(self, obj: VMObject, pindex: int, resv: Reservation | None = None) -> VMPage | None:
+        """A new page of `obj` at `pindex`, on the active queue, with a frame
+        from `resv` if it has one; None when memory is short (the caller
+        waits with memwait and retries).  Lock held."""
         pm = self.physmem
-        frame = pm.alloc_frame(self.in_pagedaemon())
+        frame = resv.frames.pop() if resv is not None and resv.frames else pm.alloc_frame(self.in_pagedaemon())
         if frame is None:
             return None
         addr, buf, off = pm.frame_location(frame)
@@ -242,6 +369,7 @@ class Kernel:
         if deadline is None:
             deadline = now + self.oom_timeout
             self.uvmexp.oomwaits += 1
+        self.check_open()
         if now >= deadline or self.in_pagedaemon():
             self.uvmexp.oomfails += 1
             raise OutOfMemory(f"out of memory: nothing could be freed within {self.oom_timeout:g}s")
@@ -253,7 +381,32 @@ class Kernel:
             self.mem_cv.wait(deadline - now)
         finally:
             self.mem_waiters -= 1
+        self.check_open()
         return deadline
+
+    @contextmanager
+    def reserve(self, npages: int) -> Iterator[Reservation]:
+        """Set `npages` frames aside for one operation, waiting for memory
+        (OutOfMemory after oom_timeout, with nothing kept); frames it did
+        not use are freed at the end.  Lock held."""
+        r = Reservation()
+        self.reservations.add(r)
+        try:
+            deadline = None
+            while len(r.frames) < npages:
+                frame = self.physmem.alloc_frame(self.in_pagedaemon())
+                if frame is None:
+                    deadline = self.memwait(deadline)
+                else:
+                    r.frames.append(frame)
+            yield r
+        finally:
+            self.reservations.discard(r)
+            for frame in r.frames:
+                self.physmem.free_frame(frame)
+            if r.frames and self.mem_waiters:
+                self.mem_cv.notify_all()
+            r.frames.clear()
 
     def pool_room(self, entries: int = 0, objects: int = 0) -> bool:
         """Grow pools so they hold `entries` map entries and `objects`
@@ -285,12 +438,11 @@ class Kernel:
 
     # -- processes -------------------------------------------------------------------
 
-    def _uarea_alloc(self) -> int:
-        """uvm_uarea_alloc: from the cache, else wired kmem."""
-        with self.lock:
-            if self.uarea_cache:
-                return self.uarea_cache.pop()
-        return self.kmem.alloc(self.kmem_map, USPACE, "uarea")
+    def _uarea_alloc(self, resv: Reservation | None = None) -> int:
+        """uvm_uarea_alloc: from the cache, else wired kmem (lock held)."""
+        if self.uarea_cache:
+            return self.uarea_cache.pop()
+        return self.kmem.alloc_locked(self.kmem_map, USPACE, "uarea", resv=resv)
 
     def _uarea_free(self, addr: int) -> None:
         """uvm_uarea_free: keep up to UAREA_CACHE, free the rest (lock held)."""
@@ -303,9 +455,8 @@ class Kernel:
         """A new process with an empty address space."""
         if not isinstance(name, str):
             raise TypeError("name must be str")
-        uarea = self._uarea_alloc()
-        with self.lock:
-            self._check_open()
+        with self.gate:
+            uarea = self._uarea_alloc()
             pid = self._next_pid
             self._next_pid += 1
             p = Proc(self, pid, 0, name, vmspace_alloc(self, name), uarea)
@@ -313,28 +464,37 @@ class Kernel:
             return p
 
     def _fork(self, parent: Proc, name: str | None) -> Proc:
-        uarea = self._uarea_alloc()
-        try:
-            with self.lock:
-                vmap = parent._live()
-                n = vmap.tree.count
-                self.pool_prime(entries=n + 1, objects=n + 1)
-                child_map = vmspace_fork(self, vmap, name or parent.name)
-                pid = self._next_pid
-                self._next_pid += 1
-                child = Proc(self, pid, parent.pid, name or parent.name, child_map, uarea)
-                self.proctab[pid] = child
-                self.uvmexp.forks += 1
-                return child
-        except BaseException:
-            with self.lock:
-                self._uarea_free(uarea)
-            raise
+        """uvm_fork.  Everything that can wait for memory happens first: the
+        frames for the eager copy of wired memory and the u-area are
+        reserved, then the pools primed, so building the child never sleeps
+        and a failure leaves nothing behind."""
+        if name is not None and not isinstance(name, str):
+            raise TypeError("name must be str")
+        with self.gate:
+            vmap = parent._live()
+            wired = sum(e.npages for e in vmap.entries() if e.wired_count and e.inheritance == INHERIT_COPY)
+            need = wired + (0 if self.uarea_cache else USPACE // PAGE_SIZE)
+            with self.reserve(need) as resv:
+                vmap = parent._live()  # it may have exited while we slept
+                uarea = self._uarea_alloc(resv)
+                try:
+                    n = vmap.tree.count
+                    self.pool_prime(entries=n + 1, objects=n + 1)
+                    vmap = parent._live()
+                    child_map = vmspace_fork(self, vmap, name or parent.name, resv)
+                except BaseException:
+                    self._uarea_free(uarea)
+                    raise
+            pid = self._next_pid
+            self._next_pid += 1
+            child = Proc(self, pid, parent.pid, name or parent.name, child_map, uarea)
+            self.proctab[pid] = child
+            self.uvmexp.forks += 1
+            return child
 
     def _exit(self, p: Proc) -> None:
-        with self.lock:
-            if not p.alive:
-                raise VMError(errno.ESRCH, f"process {p.pid} has already exited")
+        with self.gate:
+            p._live()
             p.alive = False
             p.vmspace.destroy()
             self._uarea_free(p.uarea)
@@ -342,19 +502,15 @@ class Kernel:
             self.uvmexp.exits += 1
 
     def procs(self) -> list[Proc]:
-        with self.lock:
+        with self.gate:
             return sorted(self.proctab.values(), key=lambda p: p.pid)
 
     def proc(self, pid: int) -> Proc:
-        with self.lock:
+        with self.gate:
             p = self.proctab.get(pid)
         if p is None:
             raise VMError(errno.ESRCH, f"no process {pid}")
         return p
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise VMError(errno.ESHUTDOWN, "kernel is closed")
 
     # -- objects --------------------------------------------------------------------
 
@@ -365,15 +521,14 @@ class Kernel:
             raise TypeError("size must be int")
         if size <= 0 or size >= VM_MAX_KERNEL_ADDRESS - VM_MIN_KERNEL_ADDRESS:
             raise einval(f"bad object size {size}")
-        with self.lock:
-            self._check_open()
+        with self.gate:
             self.pool_prime(objects=1)
             obj = vm_object.allocate(self, (size + PAGE_SIZE - 1) >> PAGE_SHIFT)
             obj.handles = 1
             return obj
 
     def detach_object(self, obj: VMObject) -> None:
-        with self.lock:
+        with self.gate:
             if obj.handles <= 0:
                 raise VMError(errno.EINVAL, f"object {obj.id} is not held")
             obj.handles -= 1
@@ -388,11 +543,11 @@ class Kernel:
         return obj
 
     def objects(self) -> list[ObjectInfo]:
-        with self.lock:
+        with self.gate:
             return [object_record(o) for _, o in sorted(self.objtab.items())]
 
     def object_info(self, oid: int) -> ObjectInfo:
-        with self.lock:
+        with self.gate:
             return object_record(self._object(oid))
 
     def object_peek(self, oid: int, offset: int, length: int) -> bytes:
@@ -401,44 +556,40 @@ class Kernel:
                 raise TypeError("offset and length must be int")
         if offset < 0 or length < 0:
             raise einval("negative offset or length")
-        with self.lock:
+        with self.gate:
             return peek_object(self, self._object(oid), offset, length)
 
-    def object_write(self, oid: int, offset: int, data: bytes) -> None:
+    def object_write(self, oid: int, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write into an object through the VM: pages become resident and
         dirty; copy-on-write below it is honoured (pages of backing objects
-        are copied up first)."""
+        are copied up first).  EFBIG past its end; OutOfMemory part-way
+        carries `.written`."""
         if isinstance(offset, bool) or not isinstance(offset, int):
             raise TypeError("offset must be int")
+        try:
+            src = memoryview(data).cast("B")
+        except TypeError:
+            raise TypeError(f"data must be a C-contiguous bytes-like object, not {type(data).__name__}") from None
         if offset < 0:
             raise einval("negative offset")
-        with self.lock:
+        with self.gate:
             obj = self._object(oid)
-            if offset + len(data) > obj.size << PAGE_SHIFT:
+            if offset + len(src) > obj.size << PAGE_SHIFT:
                 raise VMError(errno.EFBIG, f"write past the end of object {oid}")
-            if not data:
-                return
-            # A private window onto the object in kernel_map, as uiomove
-            # through a pager mapping would do.
-            self.pool_prime(entries=3)
-            start = offset & ~(PAGE_SIZE - 1)
-            end = (offset + len(data) + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-            addr = self.pager_map.find_space(self.pager_map.min, end - start)
-            if addr is None:
-                raise VMError(errno.ENOMEM, "no pager_map space")
+            # A hold for the duration, like a handle: the object must
+            # outlive any sleep of the write.
             obj.ref_count += 1
-            e = VMMapEntry(addr, addr + end - start, obj, start, PROT_READ | PROT_WRITE, PROT_ALL,
-                           INHERIT_SHARE, True, "objwin")
-            self.pager_map.insert(e)
+            obj.handles += 1
             try:
-                vm_write(self, self.pager_map, addr + offset - start, data)
+                uio.object_write(self, obj, offset, src)
             finally:
-                self.pager_map.delete(addr, addr + end - start)
+                obj.handles -= 1
+                vm_object.deallocate(self, obj)
 
     # -- counters and inspection ------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        with self.lock:
+        with self.gate:
             pm = self.physmem
             limit = pm.limit
             npages = limit // PAGE_SIZE if limit is not None else pm.total_frames
@@ -467,7 +618,7 @@ class Kernel:
         s = self.stats()
         total = s["npages"] * PAGE_SIZE
         free = s["free"] * PAGE_SIZE if self.physmem.limit is not None else max(0, total - s["resident"])
-        with self.lock:
+        with self.gate:
             dirty = sum(1 for q in (self.queues.active, self.queues.inactive) for p in q if p.dirty)
             anon = sum(len(o.pages) for o in self.objtab.values() if o.type == "anon")
         swap_total = s["swpages"] * PAGE_SIZE
@@ -483,24 +634,24 @@ class Kernel:
         }
 
     def swaps(self) -> list[SwapInfo]:
-        with self.lock:
+        with self.gate:
             if self.swap is None:
                 return []
             return [SwapInfo(self.swap.path, "file", self.swap.nslots * PAGE_SIZE,
                              self.swap.inuse * PAGE_SIZE, -2)]
 
     def kmem_maps(self) -> list[KmemMapInfo]:
-        with self.lock:
+        with self.gate:
             return [KmemMapInfo(m.name, m.min, m.max, m.size, [entry_record(e) for e in m.entries()])
                     for m in (self.kernel_map, *self.kmem.submaps)]
 
     def pools(self) -> list[PoolInfo]:
-        with self.lock:
+        with self.gate:
             return [PoolInfo(p.name, p.size, p.inuse, p.npages, p.nget, p.nput) for p in self.pooltab.values()]
 
     def check(self) -> None:
         """Verify all bookkeeping; raise AssertionError listing violations."""
-        with self.lock:
+        with self.gate:
             errors = check_kernel(self)
         if errors:
             raise AssertionError("rumpvm check failed:\n  " + "\n  ".join(errors[:50]))

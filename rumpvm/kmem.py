@@ -18,7 +18,8 @@ kernel range are found by address.
                         charged to the limit (the rump approach)
   pagermapin/out        map pages contiguously into pager_map for I/O
 
-Lock: the kernel lock, taken by each function here (these are entry points).
+Lock: the kernel lock, taken through `k.gate` by each public function here
+(these are entry points); `*_locked` variants are for callers holding it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .map import VMMap, VMMapEntry
 if TYPE_CHECKING:
     from .kernel import Kernel
     from .page import VMPage
+    from .physmem import Reservation
 
 
 def _round(size: int) -> int:
@@ -72,7 +74,7 @@ class Kmem:
         """kmem_suballoc: a submap of `size` bytes carved from `parent`."""
         k = self.k
         size = _round(size)
-        with k.lock:
+        with k.gate:
             k.pool_prime(entries=1)
             addr = parent.find_space(parent.min, size)
             if addr is None:
@@ -89,34 +91,40 @@ class Kmem:
     def alloc(self, vmap: VMMap, size: int, name: str = "kmem", wait: bool = True) -> int:
         """kmem_alloc: wired zeroed memory; returns its address, or 0 when
         `wait` is False and memory or space ran out (nothing kept)."""
-        k = self.k
         size = _round(size)
-        with k.lock:
+        with self.k.gate:
+            return self.alloc_locked(vmap, size, name, wait)
+
+    def alloc_locked(self, vmap: VMMap, size: int, name: str = "kmem", wait: bool = True,
+                     resv: "Reservation | None" = None) -> int:
+        """kmem_alloc with the kernel lock held; new pages come from `resv`
+        while it has frames."""
+        k = self.k
+        if wait:
+            k.pool_prime(entries=1)
+        elif not k.pool_room(entries=1):
+            return 0
+        e = self._insert(vmap, size, name)
+        if e is None:
             if wait:
-                k.pool_prime(entries=1)
-            elif not k.pool_room(entries=1):
-                return 0
-            e = self._insert(vmap, size, name)
-            if e is None:
-                if wait:
-                    raise VMError(errno.ENOMEM, f"{vmap.name}: no space for {size} bytes")
-                return 0
-            e.wired_count = 1
-            addr = e.start
-            try:
-                for va in range(addr, addr + size, PAGE_SIZE):
-                    vm_fault(k, vmap, va, PROT_WRITE, wire=True, nowait=not wait)
-            except OutOfMemory:
-                vmap.delete(addr, addr + size)
-                if wait:
-                    raise
-                return 0
-            return addr
+                raise VMError(errno.ENOMEM, f"{vmap.name}: no space for {size} bytes")
+            return 0
+        e.wired_count = 1
+        addr = e.start
+        try:
+            for va in range(addr, addr + size, PAGE_SIZE):
+                vm_fault(k, vmap, va, PROT_WRITE, wire=True, nowait=not wait, resv=resv)
+        except BaseException as ex:
+            vmap.delete(addr, addr + size)
+            if wait or not isinstance(ex, OutOfMemory):
+                raise
+            return 0
+        return addr
 
     def alloc_pageable(self, vmap: VMMap, size: int, name: str = "pageable") -> int:
         k = self.k
         size = _round(size)
-        with k.lock:
+        with k.gate:
             k.pool_prime(entries=1)
             e = self._insert(vmap, size, name)
             if e is None:
@@ -127,7 +135,7 @@ class Kmem:
         """kmem_free: unmap [addr, addr+size) and free its pages."""
         k = self.k
         size = _round(size)
-        with k.lock:
+        with k.gate:
             if addr & PAGE_MASK or vmap.first_hole(addr, addr + size) is not None:
                 raise VMError(errno.EINVAL, f"{vmap.name}: {addr:#x}+{size:#x} is not allocated")
             vmap.delete(addr, addr + size)
@@ -142,13 +150,14 @@ class Kmem:
         size = _round(size)
         if size > vmap.max - vmap.min:
             raise VMError(errno.ENOMEM, f"{size} bytes can never fit in {vmap.name}")
-        with k.lock:
+        with k.gate:
             while True:
                 k.pool_prime(entries=1)
                 e = self._insert(vmap, size, "wait")
                 if e is not None:
                     return e.start
                 vmap.space_cv.wait()
+                k.check_open()
 
     def free_wakeup(self, vmap: VMMap, addr: int, size: int) -> None:
         """kmem_free_wakeup: free and wake sleepers of kmem_alloc_wait."""
@@ -163,7 +172,7 @@ class Kmem:
         size = _round(size)
         if isinstance(align, bool) or not isinstance(align, int) or align <= 0 or align & (align - 1):
             raise VMError(errno.EINVAL, f"alignment {align!r} is not a power of two")
-        with k.lock:
+        with k.gate:
             deadline = None
             while not k.physmem.charge(size):
                 if not wait:
@@ -179,7 +188,7 @@ class Kmem:
 
     def km_free(self, addr: int) -> None:
         k = self.k
-        with k.lock:
+        with k.gate:
             arena = self.km_arenas.pop(addr, None)
             if arena is None:
                 raise VMError(errno.EINVAL, f"{addr:#x} is not a uvm_km_alloc allocation")
@@ -194,11 +203,12 @@ class Kmem:
         k = self.k
         vmap = k.pager_map
         size = len(pages) * PAGE_SIZE
-        with k.lock:
+        with k.gate:
             k.pool_prime(entries=1)
             addr = vmap.find_space(vmap.min, size)
             while addr is None:
                 vmap.space_cv.wait()
+                k.check_open()
                 k.pool_prime(entries=1)
                 addr = vmap.find_space(vmap.min, size)
             vmap.insert(VMMapEntry(addr, addr + size, None, 0, PROT_READ | PROT_WRITE, PROT_ALL, name="pager"))
@@ -208,10 +218,6 @@ class Kmem:
 
     def pagermapout(self, addr: int, npages: int) -> None:
         k = self.k
-        with k.lock:
+        with k.gate:
             k.pager_map.delete(addr, addr + npages * PAGE_SIZE)
 
-    def close(self) -> None:
-        for arena in self.km_arenas.values():
-            hypercall.unmap(arena)
-        self.km_arenas.clear()

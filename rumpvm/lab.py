@@ -51,8 +51,9 @@ import struct
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Sequence, TextIO
+from typing import TextIO
 
 from .constants import MAP_ANON, MAP_PRIVATE, MAP_SHARED, PAGE_SIZE
 from .errors import VMError
@@ -498,11 +499,6 @@ def format_table(rows: Sequence[TraceResult], detail: bool = False) -> str:
     return _align(table)
 
 
-def print_table(rows: Sequence[TraceResult], detail: bool = False,
-                file: TextIO | None = None) -> None:
-    print(format_table(rows, detail), file=file if file is not None else sys.stdout)
-
-
 def write_csv(rows: Sequence[TraceResult], path: str | os.PathLike[str]) -> None:
     names = ["capacity", "policy", "accesses", "faults", "pageins", "pageouts", "zerofills", "seconds"]
     with open(path, "w", newline="") as f:
@@ -602,7 +598,7 @@ class _LengthAction(argparse.Action):
         namespace.length_given = True
 
 
-def add_cli(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `rumpvm lab`: sweep a trace over capacities and policies."""
     lab = subparsers.add_parser(
         "lab", help="memory-limit experiments: faults per policy over a sweep of limits",

@@ -27,16 +27,20 @@ import threading
 from typing import TYPE_CHECKING, Iterator
 
 from . import object as vm_object
-from .constants import (INHERIT_COPY, INHERIT_NONE, INHERIT_SHARE, MADV_NORMAL,
-                        PAGE_SHIFT, PAGE_SIZE, PROT_ALL, PROT_READ, PROT_WRITE)
+from .constants import (INHERIT_COPY, MADV_AUTOSYNC, MADV_CORE, MADV_DONTNEED, MADV_FREE,
+                        MADV_NOCORE, MADV_NORMAL, MADV_NOSYNC, MADV_RANDOM, MADV_SEQUENTIAL,
+                        MADV_WILLNEED, PAGE_SHIFT, PAGE_SIZE, PROT_ALL, PROT_READ, PROT_WRITE)
 from .errors import VMError
 from .map_tree import EntryTree, TreeNode
 from .pmap import Pmap
+
+from .page import INACTIVE
 
 if TYPE_CHECKING:
     from .kernel import Kernel
     from .object import VMObject
     from .page import VMPage
+    from .physmem import Reservation
 
 
 class VMMapEntry(TreeNode):
@@ -67,6 +71,29 @@ class VMMapEntry(TreeNode):
 
     def pindex(self, va: int) -> int:
         return (va - self.start + self.offset) >> PAGE_SHIFT
+
+    def copy(self, start: int | None = None, end: int | None = None) -> "VMMapEntry":
+        """A copy of this entry (attributes, object and offset; no references
+        taken), optionally for the part [start, end)."""
+        s = self.start if start is None else start
+        new = VMMapEntry(s, self.end if end is None else end, self.obj, self.offset + (s - self.start),
+                         self.prot, self.max_prot, self.inheritance, self.shared, self.name)
+        new.needs_copy = self.needs_copy
+        new.wired_count = self.wired_count
+        new.advice = self.advice
+        new.submap = self.submap
+        new.nocore = self.nocore
+        new.nosync = self.nosync
+        return new
+
+    def set_object(self, obj: "VMObject | None", offset: int = 0) -> None:
+        """Point a linked entry at `obj` (references are the caller's)."""
+        if self.obj is not None:
+            self.obj.mappings.discard(self)
+        self.obj = obj
+        self.offset = offset
+        if obj is not None:
+            obj.mappings.add(self)
 
     def same_attrs(self, other: "VMMapEntry") -> bool:
         return (self.prot == other.prot and self.max_prot == other.max_prot
@@ -140,7 +167,11 @@ class VMMap:
         return self.entries_in(start, end)
 
     def check_protection(self, start: int, end: int, prot: int) -> bool:
-        """True if all of [start, end) is mapped with at least `prot`."""
+        """True if all of [start, end) is mapped with at least `prot` (an
+        empty range: if `start` is mapped so)."""
+        if start == end:
+            found, e = self.lookup_entry(start)
+            return found and e.prot & prot == prot
         if self.first_hole(start, end) is not None:
             return False
         return all(e.prot & prot == prot for e in self.entries_in(start, end))
@@ -156,58 +187,57 @@ class VMMap:
 
     def insert(self, entry: VMMapEntry) -> VMMapEntry:
         """Link `entry` into a free range (the caller checked it is free and
-        primed the entry pool).  Returns the entry after simplification."""
+        primed the entry pool; the entry's object reference is the caller's).
+        Returns the entry after simplification."""
+        self._link(self.tree.lookup(entry.start), entry)
+        return self.simplify_entry(entry)
+
+    def _link(self, prev: VMMapEntry, entry: VMMapEntry) -> None:
         self.kernel.pooltab["vm_map_entry"].get()
-        prev = self.tree.lookup(entry.start)
         self.tree.insert_after(prev, entry)
         self.size += entry.end - entry.start
-        return self.simplify_entry(entry)
+        if entry.obj is not None:
+            entry.obj.mappings.add(entry)
 
     def _unlink(self, entry: VMMapEntry) -> None:
         self.tree.remove(entry)
         self.size -= entry.end - entry.start
         self.kernel.pooltab["vm_map_entry"].put()
+        if entry.obj is not None:
+            entry.obj.mappings.discard(entry)
 
     def _split(self, entry: VMMapEntry, at: int) -> VMMapEntry:
-        """A copy of `entry` for [at, entry.end) (not linked)."""
-        new = VMMapEntry(at, entry.end, entry.obj, entry.offset + (at - entry.start), entry.prot,
-                         entry.max_prot, entry.inheritance, entry.shared, entry.name)
-        new.needs_copy = entry.needs_copy
-        new.wired_count = entry.wired_count
-        new.advice = entry.advice
-        new.submap = entry.submap
-        new.nocore = entry.nocore
-        new.nosync = entry.nosync
-        if entry.obj is not None:
-            entry.obj.ref_count += 1
-        return new
+        """Cut `entry` at `at`: it keeps [start, at), and the part [at, end)
+        becomes a new linked entry sharing its object (_vm_map_clip_start:
+        an entry without an object gets one first, so the pieces share it
+        and can merge again).  The caller primed the entry and object pools."""
+        if entry.obj is None and entry.submap is None and entry.name != "pager":
+            entry.set_object(vm_object.allocate(self.kernel, entry.npages), 0)
+        back = entry.copy(at)
+        entry.end = at
+        self.size -= back.end - back.start
+        if back.obj is not None:
+            back.obj.ref_count += 1
+        self._link(entry, back)
+        return back
 
-    def clip_start(self, entry: VMMapEntry, addr: int) -> None:
-        """Make `entry` begin at `addr`, the part before becoming its own entry."""
+    def clip_start(self, entry: VMMapEntry, addr: int) -> VMMapEntry:
+        """Split so that an entry begins at `addr`; returns that entry."""
         if addr <= entry.start:
-            return
-        front = self._split(entry, entry.start)
-        front.end = addr
-        entry.offset += addr - entry.start
-        entry.start = addr
-        self.kernel.pooltab["vm_map_entry"].get()
-        self.tree.insert_after(entry.prev, front)  # type: ignore[arg-type]
-        self.tree.bounds_changed(entry)
+            return entry
+        return self._split(entry, addr)
 
     def clip_end(self, entry: VMMapEntry, addr: int) -> None:
         """Make `entry` end at `addr`, the part after becoming its own entry."""
-        if addr >= entry.end:
-            return
-        back = self._split(entry, addr)
-        entry.end = addr
-        self.kernel.pooltab["vm_map_entry"].get()
-        self.tree.insert_after(entry, back)
+        if addr < entry.end:
+            self._split(entry, addr)
 
-    def clip_range(self, start: int, end: int) -> list[VMMapEntry]:
-        """Clip the entries of [start, end) to exactly that range; return them."""
+    def pieces(self, start: int, end: int) -> list[VMMapEntry]:
+        """Clip the entries of [start, end) to exactly that range and return
+        them in order (the range iterator of every map operation)."""
         ents = self.entries_in(start, end)
         if ents:
-            self.clip_start(ents[0], start)
+            ents[0] = self.clip_start(ents[0], start)
             self.clip_end(ents[-1], end)
         return ents
 
@@ -243,18 +273,23 @@ class VMMap:
     # -- range operations (callers validated arguments) -----------------------
 
     def delete(self, start: int, end: int) -> None:
-        """Remove all mappings in [start, end) (holes allowed)."""
+        """Remove all mappings in [start, end) (holes allowed), freeing the
+        pages and swap slots that nothing reaches any more.  The caller
+        primed the pools for two clips."""
         k = self.kernel
-        for e in self.clip_range(start, end):
+        for e in self.pieces(start, end):
             if e.wired_count:
                 self._unwire_pages(e)
             self.pmap.remove(e.start >> PAGE_SHIFT, e.end >> PAGE_SHIFT)
             self._unlink(e)
             if e.submap is not None:
                 e.submap.destroy()
-            if e.obj is not None and e.obj is k.kernel_object:
-                vm_object.page_remove(k, e.obj, e.pindex(e.start), e.pindex(e.end))
-            vm_object.deallocate(k, e.obj)
+            obj = e.obj
+            if obj is k.kernel_object:
+                vm_object.page_remove(k, obj, e.pindex(e.start), e.pindex(e.end))
+            elif obj is not None and obj.ref_count > 1:
+                vm_object.release(k, obj, e.pindex(e.start), e.pindex(e.end))
+            vm_object.deallocate(k, obj)
         self.space_cv.notify_all()
         k.mem_cv.notify_all()
 
@@ -271,7 +306,7 @@ class VMMap:
             if prot & ~e.max_prot:
                 raise VMError(errno.EACCES, f"prot {prot:#x} exceeds max protection {e.max_prot:#x}"
                               f" at {max(start, e.start):#x}")
-        for e in self.clip_range(start, end):
+        for e in self.pieces(start, end):
             old = e.prot
             if set_max:
                 e.max_prot = prot
@@ -285,16 +320,89 @@ class VMMap:
 
     def set_inheritance(self, start: int, end: int, inheritance: int) -> None:
         """minherit: like vm_map_inherit, holes in the range are skipped."""
-        for e in self.clip_range(start, end):
+        for e in self.pieces(start, end):
             e.inheritance = inheritance
         self.simplify_range(start, end)
 
     def set_attr(self, start: int, end: int, **attrs: object) -> None:
         """Set entry attributes (advice, nocore, nosync) over a mapped range."""
         self.require_mapped(start, end)
-        for e in self.clip_range(start, end):
+        for e in self.pieces(start, end):
             for name, value in attrs.items():
                 setattr(e, name, value)
+        self.simplify_range(start, end)
+
+    def madvise(self, start: int, end: int, advice: int) -> None:
+        """madvise over a mapped range (ENOMEM on a hole).  MADV_DONTNEED
+        deactivates (BSD: data kept); MADV_FREE discards the pages of
+        private memory that no other mapping, shadow or handle reaches and
+        that shadows nothing (they read back as zeros), and is a no-op
+        elsewhere; MADV_WILLNEED maps resident pages and pages in swapped
+        ones (never allocating zeros)."""
+        ents = self.require_mapped(start, end)
+        if advice in (MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL):
+            self.set_attr(start, end, advice=advice)
+        elif advice in (MADV_NOSYNC, MADV_AUTOSYNC):
+            self.set_attr(start, end, nosync=advice == MADV_NOSYNC)
+        elif advice in (MADV_NOCORE, MADV_CORE):
+            self.set_attr(start, end, nocore=advice == MADV_NOCORE)
+        elif advice == MADV_WILLNEED:
+            self._willneed(ents, start, end)
+        elif advice == MADV_DONTNEED:
+            queues = self.kernel.queues
+            for vpn in self.pmap.vpns_in(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
+                page = self.pmap.rd[vpn]
+                if page.queue:
+                    page.referenced = False
+                    queues.enqueue(page, INACTIVE)
+        elif advice == MADV_FREE:
+            for e in ents:
+                obj = e.obj
+                if obj is None or e.shared or e.needs_copy or obj.backing is not None or e.wired_count:
+                    continue
+                s, t = max(start, e.start), min(end, e.end)
+                base = e.pindex(e.start) - (e.start >> PAGE_SHIFT)
+                for a, b in vm_object.unreached(obj, e.pindex(s), e.pindex(t), exclude=e):
+                    self.pmap.remove(a - base, b - base)
+                    vm_object.page_remove(self.kernel, obj, a, b)
+
+    def _willneed(self, ents: list[VMMapEntry], start: int, end: int) -> None:
+        from .fault import vm_fault
+        for e in ents:
+            if e.obj is None or not e.prot & PROT_READ:
+                continue
+            for va in range(max(start, e.start), min(end, e.end), PAGE_SIZE):
+                _, _, page, slot = vm_object.lookup(e.obj, e.pindex(va))
+                if page is not None or slot is not None:
+                    vm_fault(self.kernel, self, va, PROT_READ)
+
+    def wire(self, start: int, end: int, resv: "Reservation | None" = None) -> None:
+        """vm_map_wire: wire every entry of the mapped range and fault its
+        pages in (taking frames from `resv`).  On failure everything this
+        call wired is unwired again and the entries merged back."""
+        from .fault import wire_range
+        k = self.kernel
+        done: list[tuple[int, int]] = []
+        try:
+            for e in self.pieces(start, end):
+                if e.wired_count:
+                    continue
+                e.wired_count = 1
+                if self.user:
+                    k.wired_user_pages += e.npages
+                done.append((e.start, e.end))
+                wire_range(k, self, e.start, e.end, resv)
+        except BaseException:
+            for s, t in done:
+                self.unwire(s, t)
+            raise
+        self.simplify_range(start, end)
+
+    def unwire(self, start: int, end: int) -> None:
+        """vm_map_unwire over [start, end) (holes skipped)."""
+        for e in self.pieces(start, end):
+            if e.wired_count:
+                self._unwire_pages(e)
         self.simplify_range(start, end)
 
     def _unwire_pages(self, e: VMMapEntry) -> None:

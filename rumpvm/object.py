@@ -7,7 +7,11 @@ in pages.  A shadow object sits in front of a `backing` object at
 backing object — this is copy-on-write (`uao_create`, `vm_object_shadow`).
 
 References: every map entry, every shadow whose `backing` is this object, and
-every user handle (`Kernel.create_object`) holds one reference.  When the
+every user handle (`Kernel.create_object`) holds one reference.  The entries
+that map the object are also kept in `mappings`, so the pindex ranges that
+anything can still reach are known (`reached`): pages and swap slots outside
+them are garbage and are freed when a mapping goes (`release`) — the
+generalisation of FreeBSD's one-mapping rule in vm_map_delete.  When the
 count falls to 1 and the remaining reference is a single shadow, the shadow
 absorbs this object (`collapse`), so fork/exit cycles do not grow chains.
 
@@ -15,22 +19,25 @@ Lock: the kernel lock.  `pip` (paging in progress) counts pages of the
 object under I/O; an object with pip > 0 is not collapsed.
 Invariants: page.obj is self and page.pindex is its key for every page;
 a pindex is never both resident and swapped in the same object except for a
-clean page whose swap copy is still valid.
+clean page whose swap copy is still valid; ref_count = len(mappings) +
+len(shadows) + handles; every page and slot lies inside `reached` (check.py).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .constants import PAGE_SHIFT
 from .pmap import page_remove_all
 
 if TYPE_CHECKING:
     from .kernel import Kernel
+    from .map import VMMapEntry
     from .page import VMPage
 
 
 class VMObject:
-    __slots__ = ("id", "type", "size", "ref_count", "handles", "pages", "swap",
+    __slots__ = ("id", "type", "size", "ref_count", "handles", "pages", "swap", "mappings",
                  "backing", "backing_offset", "shadows", "pip", "dead", "kernel", "last_pagein")
 
     def __init__(self, kernel: "Kernel", oid: int, size: int, type_: str = "anon") -> None:
@@ -42,6 +49,7 @@ class VMObject:
         self.handles = 0
         self.pages: dict[int, "VMPage"] = {}
         self.swap: dict[int, int] = {}
+        self.mappings: set[VMMapEntry] = set()  # linked map entries whose obj is this
         self.backing: VMObject | None = None
         self.backing_offset = 0
         self.shadows: set[VMObject] = set()
@@ -98,7 +106,11 @@ def deallocate(k: "Kernel", obj: VMObject | None) -> None:
             return
         if obj.ref_count > 0:
             return
+        first, last = obj.backing_offset, obj.backing_offset + obj.size
         backing = _terminate(k, obj)
+        if backing is not None and backing.ref_count > 1:
+            # What only this shadow reached of its backing is garbage now.
+            release(k, backing, first, last)
         obj = backing
 
 
@@ -116,23 +128,87 @@ def _terminate(k: "Kernel", obj: VMObject) -> VMObject | None:
     return backing
 
 
+def keys_in(d: dict[int, object], start: int, end: int | None) -> list[int]:
+    """The keys of `d` in [start, end), walking the smaller of the two."""
+    if end is not None and end - start <= len(d):
+        return [i for i in range(start, end) if i in d]
+    return [i for i in d if start <= i and (end is None or i < end)]
+
+
 def page_remove(k: "Kernel", obj: VMObject, start: int, end: int | None) -> None:
     """Free the pages and swap slots of `obj` in [start, end) (end None: all).
-    A busy page is disowned and marked released; its I/O completion frees it."""
-    def inside(pindex: int) -> bool:
-        return start <= pindex and (end is None or pindex < end)
-
-    for pindex, page in [(i, p) for i, p in obj.pages.items() if inside(i)]:
-        del obj.pages[pindex]
+    A busy page is disowned and marked released; its I/O completion frees it.
+    Requires the kernel lock."""
+    for pindex in keys_in(obj.pages, start, end):  # type: ignore[arg-type]
+        page = obj.pages.pop(pindex)
         page_remove_all(page)
+        page.obj = None
         if page.busy:
             page.released = True
-            page.obj = None
         else:
-            page.obj = None
             k.page_free(page)
-    for pindex in [i for i in obj.swap if inside(i)]:
+    for pindex in keys_in(obj.swap, start, end):  # type: ignore[arg-type]
         k.swap_free(obj.swap.pop(pindex))
+
+
+Ranges = list[tuple[int, int]]
+
+
+def _merge(ranges: Ranges) -> Ranges:
+    out: Ranges = []
+    for s, t in sorted(ranges):
+        if out and s <= out[-1][1]:
+            if t > out[-1][1]:
+                out[-1] = (out[-1][0], t)
+        else:
+            out.append((s, t))
+    return out
+
+
+def reached(obj: VMObject, exclude: "VMMapEntry | None" = None) -> Ranges:
+    """The pindex ranges of `obj` that a mapping (other than `exclude`), a
+    shadow, or a handle can still reach, merged and sorted.  Requires the
+    kernel lock."""
+    if obj.handles or obj.type == "kernel":
+        return [(0, obj.size)]
+    out: Ranges = []
+    for e in obj.mappings:
+        if e is not exclude:
+            first = e.offset >> PAGE_SHIFT
+            out.append((first, first + e.npages))
+    for s in obj.shadows:
+        off = s.backing_offset
+        out += [(a + off, b + off) for a, b in reached(s, exclude)]
+    return _merge(out)
+
+
+def unreached(obj: VMObject, start: int, end: int, exclude: "VMMapEntry | None" = None) -> Ranges:
+    """The parts of [start, end) of `obj` that nothing but `exclude` reaches."""
+    holes: Ranges = []
+    pos = start
+    for a, b in reached(obj, exclude):
+        if b <= pos:
+            continue
+        if a >= end:
+            break
+        if a > pos:
+            holes.append((pos, a))
+        pos = max(pos, b)
+    if pos < end:
+        holes.append((pos, end))
+    return holes
+
+
+def release(k: "Kernel", obj: VMObject | None, start: int, end: int) -> None:
+    """A mapping of [start, end) of `obj` went away: free the pages and slots
+    there that nothing reaches any more, in `obj` and down its backing chain.
+    Requires the kernel lock; the mapping is already unlinked."""
+    while obj is not None and obj.ref_count > 0 and not obj.handles and obj.type != "kernel":
+        for s, t in unreached(obj, max(0, start), min(obj.size, end)):
+            page_remove(k, obj, s, t)
+        start += obj.backing_offset
+        end += obj.backing_offset
+        obj = obj.backing
 
 
 def collapse(k: "Kernel", obj: VMObject) -> None:

@@ -16,7 +16,10 @@ and unmapped and the kernel lock is dropped; a thread that touches one
 sleeps on it (`page_cv`) and pages it back in after.
 
 Lock: the kernel lock, except across swap I/O.  Knobs (`freemin`,
-`freetarg`, `policy`) may be changed at any time.
+`freetarg`, `policy`) may be changed at any time.  The thread holds its
+Pagedaemon (and so the kernel) only weakly while it sleeps, so a kernel
+dropped without close() can be collected; its finalizer stops the thread
+through `stop_daemon`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from __future__ import annotations
 import errno
 import logging
 import threading
-from typing import TYPE_CHECKING, Callable
+import weakref
+from typing import TYPE_CHECKING, Any, Callable
 
 from .constants import PAGE_SIZE
 from .errors import VMError
@@ -51,17 +55,22 @@ class Pagedaemon:
         self._freetarg = 0
         self.tuned = False  # knobs set by hand are kept across limit changes
         self.state = "sleeping"
-        self.wanted = False
+        self.ctl = _Control()
         # A scan that freed nothing stalls the daemon until something changes
         # (a page freed elsewhere, a knob or limit changed): waiters then
         # sleep out their timeout instead of spinning against it.
         self.stalled = False
-        self.stopping = False
         self.reclaimers: list[Callable[[], int]] = []
         self.inflight: set[int] = set()  # swap slots being written (pages busy)
         self.idle_cv = threading.Condition(k.lock)  # notified when the daemon goes to sleep
-        self.thread = threading.Thread(target=self._run, name="pagedaemon", daemon=True)
+        self.thread_args = (k.lock, self.cv, self.ctl)
+        self.thread = threading.Thread(target=_main, args=(weakref.ref(self), k.lock, self.cv, self.idle_cv, self.ctl),
+                                       name="pagedaemon", daemon=True)
         self.autotune()
+
+    @property
+    def wanted(self) -> bool:
+        return self.ctl.wanted
 
     # -- knobs ----------------------------------------------------------------
 
@@ -77,14 +86,14 @@ class Pagedaemon:
 
     @policy.setter
     def policy(self, name: str) -> None:
-        with self.k.lock:
+        with self.k.gate:
             self._policy = self._make_policy(name)
             self.k.touch = self._policy.touch_hook(self.k.queues)
 
     def set_knobs(self, freemin: int | None = None, freetarg: int | None = None) -> None:
         """Set freemin/freetarg (pages); EINVAL unless 0 <= freemin <= freetarg
         < limit pages.  Nothing changes on error."""
-        with self.k.lock:
+        with self.k.gate:
             fmin = self.freemin if freemin is None else freemin
             ftarg = self.freetarg if freetarg is None else freetarg
             for v in (fmin, ftarg):
@@ -115,6 +124,20 @@ class Pagedaemon:
     def freetarg(self, value: int) -> None:
         self.set_knobs(freetarg=value)
 
+    def rescale(self, old: int | None, new: int | None) -> None:
+        """The limit changed from `old` to `new`: default knobs follow it;
+        knobs set by hand are kept while still valid (freetarg below the
+        limit's pages), else scaled with the limit (lock held)."""
+        pages = new // PAGE_SIZE if new is not None else None
+        if self.tuned and (pages is None or self._freetarg < pages):
+            return
+        if self.tuned and old is not None and pages is not None:
+            self._freetarg = max(1, min(self._freetarg * new // old, pages - 1))
+            self._freemin = min(self._freemin * new // old, self._freetarg)
+        else:
+            self.tuned = False
+            self.autotune()
+
     def autotune(self) -> None:
         """Defaults from the limit: wake at 95% full, scan back to 90%."""
         if self.tuned:
@@ -131,28 +154,27 @@ class Pagedaemon:
         self.thread.start()
 
     def stop(self) -> None:
-        with self.k.lock:
-            self.stopping = True
-            self.cv.notify_all()
-        if self.thread.is_alive():
+        """Stop the thread and wait for it (lock not held)."""
+        stop_daemon(*self.thread_args)
+        if self.thread.is_alive() and threading.current_thread() is not self.thread:
             self.thread.join()
 
     def wake(self) -> None:
         """Ask for a scan (requires the kernel lock)."""
-        if not self.wanted:
-            self.wanted = True
+        if not self.ctl.wanted:
+            self.ctl.wanted = True
             self.cv.notify()
 
     def idle(self) -> bool:
         """True when the daemon sleeps with no scan requested and no pageout
         in flight (requires the kernel lock)."""
-        return self.state == "sleeping" and not self.wanted and not self.inflight
+        return self.state == "sleeping" and not self.ctl.wanted and not self.inflight
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait until `idle()` (the counters are then final); False on timeout.
         Takes the kernel lock."""
-        with self.k.lock:
-            return self.idle_cv.wait_for(self.idle, timeout)
+        with self.k.gate:
+            return self.idle_cv.wait_for(lambda: self.idle() or self.k.closed, timeout) and not self.k.closed
 
     def shortage(self) -> int:
         """Pages to free to reach freetarg (and to get back under the limit)."""
@@ -164,29 +186,25 @@ class Pagedaemon:
         avail = (pm.limit - pm.resident) // PAGE_SIZE - PDRESERVE_PAGES
         return max(0, self.freetarg - avail)
 
-    def _run(self) -> None:
+    def run_once(self) -> None:
+        """Serve one wake-up: scan if memory is short, then wake the waiters
+        (lock held)."""
         k = self.k
-        with k.lock:
-            while not self.stopping:
-                if not self.wanted:
-                    self.idle_cv.notify_all()
-                    self.cv.wait()
-                    continue
-                self.wanted = False
-                k.uvmexp.pdwoke += 1
-                if self.shortage() > 0:
-                    self.state = "scanning"
-                    # Progress is what this scan freed, not the change in
-                    # resident memory: waiters allocate while it writes.
-                    freed = k.uvmexp.pdfreed
-                    try:
-                        freed = self.scan() + k.uvmexp.pdfreed - freed
-                    except Exception:  # a daemon that dies would hang every waiter
-                        log.exception("pagedaemon scan failed")
-                        freed = 0
-                    self.state = "sleeping"
-                    self.stalled = freed == 0 and self.shortage() > 0
-                k.mem_cv.notify_all()
+        self.ctl.wanted = False
+        k.uvmexp.pdwoke += 1
+        if self.shortage() > 0:
+            self.state = "scanning"
+            # Progress is what this scan freed, not the change in resident
+            # memory: waiters allocate while it writes.
+            freed = k.uvmexp.pdfreed
+            try:
+                freed = self.scan() + k.uvmexp.pdfreed - freed
+            except Exception:  # a daemon that dies would hang every waiter
+                log.exception("pagedaemon scan failed")
+                freed = 0
+            self.state = "sleeping"
+            self.stalled = freed == 0 and self.shortage() > 0
+        k.mem_cv.notify_all()
 
     def scan(self) -> int:
         """One scan toward freetarg; returns the frames the reclaimers gave
@@ -270,15 +288,13 @@ class Pagedaemon:
         swap = k.swap
         assert swap is not None
         self.inflight.update(range(first, first + len(run)))
-        k.lock.release()
-        err: OSError | None = None
-        try:
-            swap.write(first, [p.addr for p, _ in run])
-        except OSError as ex:
-            err = ex
-        finally:
-            k.lock.acquire()
-            self.inflight.difference_update(range(first, first + len(run)))
+        err: VMError | None = None
+        with k.unlocked():
+            try:
+                swap.write(first, [p.addr for p, _ in run])
+            except VMError as ex:
+                err = ex
+        self.inflight.difference_update(range(first, first + len(run)))
         for n, (page, obj) in enumerate(run):
             slot = first + n
             if err is not None or page.obj is not obj:
@@ -311,9 +327,55 @@ class Pagedaemon:
 
     def status(self) -> dict[str, str | int]:
         k = self.k
-        with k.lock:
+        with k.gate:
             return {"state": self.state, "policy": self.policy, "freemin": self.freemin,
                     "freetarg": self.freetarg, "free": k.free_pages(),
                     "wakeups": k.uvmexp.pdwoke, "scans": k.uvmexp.pdscans,
                     "pageouts": k.uvmexp.pageouts, "freed": k.uvmexp.pdfreed,
                     "reactivated": k.uvmexp.pdreact}
+
+
+class _Control:
+    """What the thread needs while it sleeps, without the kernel."""
+
+    __slots__ = ("wanted", "stopping")
+
+    def __init__(self) -> None:
+        self.wanted = False
+        self.stopping = False
+
+
+def _main(ref: "weakref.ref[Pagedaemon]", lock: Any, cv: threading.Condition,
+          idle_cv: threading.Condition, ctl: _Control) -> None:
+    """The pagedaemon thread.  It holds its Pagedaemon strongly only while
+    serving a wake-up."""
+    with lock:
+        while not ctl.stopping:
+            if not ctl.wanted:
+                idle_cv.notify_all()
+                cv.wait()
+                continue
+            pd = ref()
+            if pd is None:
+                return
+            pd.run_once()
+            del pd
+
+
+def stop_daemon(lock: Any, cv: threading.Condition, ctl: _Control) -> None:
+    """Tell the thread to stop.  Safe in a finalizer: if the lock is held —
+    possibly by this very thread, if the collector runs inside the daemon —
+    a helper thread delivers the notice once it is free."""
+    def notify() -> None:
+        with lock:
+            ctl.stopping = True
+            cv.notify_all()
+
+    if lock.acquire(blocking=False):
+        try:
+            ctl.stopping = True
+            cv.notify_all()
+        finally:
+            lock.release()
+    else:
+        threading.Thread(target=notify, name="pagedaemon-stop", daemon=True).start()

@@ -11,26 +11,32 @@ import re
 
 from .errors import einval
 
-_SIZE_RE = re.compile(r"\s*(-?\d+)\s*([kKmMgGtT]?)[bB]?\s*")
+_SIZE_RE = re.compile(r"\s*(-?[0-9]+)\s*([kKmMgGtT]?)[bB]?\s*")
 _SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}
 UNLIMITED_WORDS = ("unlimited", "none", "")
+MAX_SIZE = (1 << 63) - 1  # an off_t: what statfs, st_size and swap offsets can hold
 
 
 def parse_size(value: int | str, what: str = "size") -> int:
-    """Return `value` in bytes.  Raises VMError(EINVAL) if it does not parse.
+    """Return `value` in bytes.  Raises VMError(EINVAL) if it does not parse
+    or is beyond MAX_SIZE.
 
     `bool` is rejected (it is an int in Python, but never a size).
     """
     if isinstance(value, bool):
         raise TypeError(f"{what} must be int or str, not bool")
     if isinstance(value, int):
-        return value
-    if not isinstance(value, str):
+        n = value
+    elif isinstance(value, str):
+        m = _SIZE_RE.fullmatch(value) if len(value) < 64 else None
+        if m is None:
+            raise einval(f"{what}: cannot parse {value[:64]!r} (bytes, or a number with K/M/G/T)")
+        n = int(m.group(1)) * (1 << _SHIFT[m.group(2).lower()])
+    else:
         raise TypeError(f"{what} must be int or str, not {type(value).__name__}")
-    m = _SIZE_RE.fullmatch(value)
-    if m is None:
-        raise einval(f"{what}: cannot parse {value!r} (bytes, or a number with K/M/G/T)")
-    return int(m.group(1)) * (1 << _SHIFT[m.group(2).lower()])
+    if n > MAX_SIZE:
+        raise einval(f"{what}: {n} is beyond the largest size, {MAX_SIZE} bytes")
+    return n
 
 
 def parse_limit(value: int | str | None, what: str = "memlimit") -> int | None:

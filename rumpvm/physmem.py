@@ -26,6 +26,17 @@ PDRESERVE_PAGES = 8  # frames only the pagedaemon may take
 MIN_LIMIT = 64 * PAGE_SIZE + PDRESERVE_PAGES * PAGE_SIZE
 
 
+class Reservation:
+    """Frames set aside for one operation (`Kernel.reserve`), taken before
+    it changes anything so it cannot run out of memory half-way.  The
+    frames count as in use; `check` counts them as owned by the reservation."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self) -> None:
+        self.frames: list[int] = []
+
+
 class PhysMem:
     """The frame allocator and the limit accountant."""
 

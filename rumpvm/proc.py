@@ -7,8 +7,8 @@ keeps).  Every public method validates its arguments completely (TypeError
 for non-int, EINVAL for bad values) before taking the kernel lock, then
 checks the map, then changes it: a failing call changes nothing.
 
-Lock: each public method takes the kernel lock for its whole duration
-(sleeps inside drop it, see fault.py).
+Lock: each public method enters through `k.gate` (the kernel lock, held for
+its whole duration; sleeps inside drop it, see fault.py).
 """
 
 from __future__ import annotations
@@ -17,18 +17,14 @@ import errno
 from typing import TYPE_CHECKING
 
 from . import object as vm_object
-from .constants import (INHERIT_COPY, INHERIT_SHARE, INHERIT_VALID, MADV_AUTOSYNC, MADV_CORE,
-                        MADV_DONTNEED, MADV_FREE, MADV_NOCORE, MADV_NOSYNC, MADV_NORMAL,
-                        MADV_RANDOM, MADV_SEQUENTIAL, MADV_VALID, MADV_WILLNEED, MAP_ANON,
-                        MAP_FIXED, MAP_FLAGS_VALID, MAP_PRIVATE, MAP_SHARED, PAGE_MASK, PROT_MAX, PROT_MAX_EXTRACT,
-                        PAGE_SHIFT, PAGE_SIZE, PROT_ALL, PROT_READ, PROT_WRITE,
-                        VM_MAXUSER_ADDRESS, VM_MIN_ADDRESS)
+from .constants import (INHERIT_COPY, INHERIT_SHARE, INHERIT_VALID, MADV_VALID, MAP_ANON, MAP_FIXED,
+                        MAP_FLAGS_VALID, MAP_PRIVATE, MAP_SHARED, MS_ASYNC, MS_INVALIDATE, MS_SYNC,
+                        PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PROT_ALL, PROT_MAX, PROT_MAX_EXTRACT, PROT_READ,
+                        PROT_WRITE, VM_MAXUSER_ADDRESS, VM_MIN_ADDRESS)
 from .errors import VMError, einval
-from .fault import vm_fault, wire_range
-from .inspect import MapEntry, ProcStatus, SmapsInfo, entry_record, peek_map, smaps_record
+from .inspect import MapEntry, ProcStatus, SmapsInfo, entry_record, peek_map, peek_runs, smaps_record
 from .map import VMMap, VMMapEntry
-from .page import INACTIVE
-from .uio import vm_read, vm_write
+from .uio import vm_read, vm_readinto, vm_write
 from .vmspace import vmspace_fork
 
 if TYPE_CHECKING:
@@ -91,6 +87,8 @@ class Proc:
         return "R (running)" if self.alive else "Z (zombie)"
 
     def _live(self) -> VMMap:
+        """The address space of a live process (lock held)."""
+        self.kernel.check_open()
         if not self.alive:
             raise VMError(errno.ESRCH, f"process {self.pid} has exited")
         return self.vmspace
@@ -121,14 +119,16 @@ class Proc:
         if obj is not None:
             if not isinstance(obj, vm_object.VMObject):
                 raise TypeError("obj must come from Kernel.create_object")
+            if obj.kernel is not self.kernel:
+                raise einval(f"object {obj.id} belongs to another kernel")
             if obj.dead:
                 raise VMError(errno.EBADF, f"object {obj.id} is gone")
             if off + size > obj.size << PAGE_SHIFT:
                 raise einval(f"offset {off:#x}+{size:#x} beyond the object's {obj.size << PAGE_SHIFT:#x} bytes")
         k = self.kernel
-        with k.lock:
+        with k.gate:
             vmap = self._live()
-            k.pool_prime(entries=3, objects=1)
+            k.pool_prime(entries=3, objects=3)
             if f & MAP_FIXED:
                 start = a
             else:
@@ -155,17 +155,17 @@ class Proc:
 
     def munmap(self, addr: int, length: int) -> None:
         start, end = _range(addr, length)
-        with self.kernel.lock:
+        with self.kernel.gate:
             vmap = self._live()
-            self.kernel.pool_prime(entries=2)  # clipping both ends
+            self.kernel.pool_prime(entries=2, objects=2)  # clipping both ends
             vmap.delete(start, end)
 
     def mprotect(self, addr: int, length: int, prot: int) -> None:
         start, end = _range(addr, length)
         p, maxp = _prot(prot)
-        with self.kernel.lock:
+        with self.kernel.gate:
             vmap = self._live()
-            self.kernel.pool_prime(entries=2)
+            self.kernel.pool_prime(entries=2, objects=2)
             if maxp is not None:
                 vmap.protect(start, end, maxp, set_max=True)
             vmap.protect(start, end, p, set_max=False)
@@ -175,111 +175,84 @@ class Proc:
         inh = _int("inheritance", inheritance)
         if inh not in INHERIT_VALID:
             raise einval(f"bad inheritance {inh}")
-        with self.kernel.lock:
-            self.kernel.pool_prime(entries=2)
-            self._live().set_inheritance(start, end, inh)
+        with self.kernel.gate:
+            vmap = self._live()
+            self.kernel.pool_prime(entries=2, objects=2)
+            vmap.set_inheritance(start, end, inh)
 
     def madvise(self, addr: int, length: int, advice: int) -> None:
-        """madvise.  MADV_DONTNEED deactivates (BSD: data kept); MADV_FREE
-        discards the pages of private, unshared, unshadowing memory (they read
-        back as zeros) and is a no-op elsewhere."""
+        """madvise; see VMMap.madvise for what each advice does."""
         start, end = _range(addr, length)
         adv = _int("advice", advice)
         if adv not in MADV_VALID:
             raise einval(f"bad advice {adv}")
-        k = self.kernel
-        with k.lock:
+        with self.kernel.gate:
             vmap = self._live()
-            k.pool_prime(entries=2)
-            ents = vmap.require_mapped(start, end)
-            if adv in (MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL):
-                vmap.set_attr(start, end, advice=adv)
-            elif adv in (MADV_NOSYNC, MADV_AUTOSYNC):
-                vmap.set_attr(start, end, nosync=adv == MADV_NOSYNC)
-            elif adv in (MADV_NOCORE, MADV_CORE):
-                vmap.set_attr(start, end, nocore=adv == MADV_NOCORE)
-            elif adv == MADV_WILLNEED:
-                self._willneed(vmap, ents, start, end)
-            elif adv == MADV_DONTNEED:
-                for e in ents:
-                    for vpn in range(max(start, e.start) >> PAGE_SHIFT, min(end, e.end) >> PAGE_SHIFT):
-                        page = vmap.pmap.rd.get(vpn)
-                        if page is not None and page.queue:
-                            page.referenced = False
-                            k.queues.enqueue(page, INACTIVE)
-            elif adv == MADV_FREE:
-                for e in ents:
-                    # Only memory nobody else sees and that shadows nothing:
-                    # freed pages must read back as zeros, not as older data.
-                    if e.obj is not None and not e.shared and not e.needs_copy and e.obj.ref_count == 1 \
-                            and e.obj.backing is None and not e.wired_count:
-                        s, t = max(start, e.start), min(end, e.end)
-                        vmap.pmap.remove(s >> PAGE_SHIFT, t >> PAGE_SHIFT)
-                        vm_object.page_remove(k, e.obj, e.pindex(s), e.pindex(t))
-
-    def _willneed(self, vmap: VMMap, ents: list[VMMapEntry], start: int, end: int) -> None:
-        """Map resident pages and page in swapped ones (never allocate zeros)."""
-        k = self.kernel
-        for e in ents:
-            if e.obj is None or not e.prot & PROT_READ:
-                continue
-            for va in range(max(start, e.start), min(end, e.end), PAGE_SIZE):
-                _, _, page, slot = vm_object.lookup(e.obj, e.pindex(va))
-                if page is not None or slot is not None:
-                    vm_fault(k, vmap, va, PROT_READ)
+            self.kernel.pool_prime(entries=2, objects=2)
+            vmap.madvise(start, end, adv)
 
     def mlock(self, addr: int, length: int) -> None:
-        """Wire the range; ENOMEM past the wired limit or on memory shortage
-        (then nothing stays wired)."""
+        """Wire the range: all or nothing.  ENOMEM past the wired limit or
+        for a range without read access; OutOfMemory when the frames it
+        needs cannot be had within oom_timeout (they are reserved before
+        anything changes)."""
         start, end = _range(addr, length)
         k = self.kernel
-        with k.lock:
+        with k.gate:
             vmap = self._live()
-            k.pool_prime(entries=2, objects=2)
             ents = vmap.require_mapped(start, end)
-            new_pages = sum((min(end, e.end) - max(start, e.start)) >> PAGE_SHIFT
-                            for e in ents if not e.wired_count)
             if any(not e.prot & PROT_READ for e in ents):
                 raise VMError(errno.ENOMEM, "cannot wire pages without access")
+            new_pages = sum((min(end, e.end) - max(start, e.start)) >> PAGE_SHIFT
+                            for e in ents if not e.wired_count)
             if k.wired_limit is not None and (k.wired_user_pages + new_pages) * PAGE_SIZE > k.wired_limit:
                 raise VMError(errno.ENOMEM, f"mlock of {new_pages} pages exceeds the wired limit"
                                             f" ({k.wired_limit} bytes)")
-            done = []
-            try:
-                for e in vmap.clip_range(start, end):
-                    if e.wired_count:
-                        continue
-                    e.wired_count = 1
-                    k.wired_user_pages += e.npages
-                    done.append((e.start, e.end))
-                    wire_range(k, vmap, e.start, e.end, PROT_WRITE if e.prot & PROT_WRITE else PROT_READ)
-            except BaseException:
-                for s, t in done:
-                    self._unwire(vmap, s, t)
-                raise
-            vmap.simplify_range(start, end)
+            with k.reserve(self._wire_frames(ents, start, end)) as resv:
+                vmap = self._live()
+                k.pool_prime(entries=2, objects=2 + 2 * len(ents))
+                vmap.wire(start, end, resv)
 
-    def _unwire(self, vmap: VMMap, start: int, end: int) -> None:
-        for e in vmap.clip_range(start, end):
+    @staticmethod
+    def _wire_frames(ents: list[VMMapEntry], start: int, end: int) -> int:
+        """Frames wiring [start, end) will allocate: a page for each address
+        whose page is not already resident where the wiring will keep it."""
+        need = 0
+        for e in ents:
             if e.wired_count:
-                vmap._unwire_pages(e)
-        vmap.simplify_range(start, end)
+                continue
+            s, t = max(start, e.start), min(end, e.end)
+            if e.obj is None:
+                need += (t - s) >> PAGE_SHIFT
+                continue
+            copy = bool(e.max_prot & PROT_WRITE)
+            for va in range(s, t, PAGE_SIZE):
+                _, _, page, _ = vm_object.lookup(e.obj, e.pindex(va))
+                if page is None or (copy and (e.needs_copy or page.obj is not e.obj)):
+                    need += 1
+        return need
 
     def munlock(self, addr: int, length: int) -> None:
         start, end = _range(addr, length)
         k = self.kernel
-        with k.lock:
+        with k.gate:
             vmap = self._live()
-            k.pool_prime(entries=2)
             vmap.require_mapped(start, end)
-            self._unwire(vmap, start, end)
+            k.pool_prime(entries=2, objects=2)
+            vmap.unwire(start, end)
 
-    def msync(self, addr: int, length: int, flags: int = 0) -> None:
-        """msync: anonymous memory has no backing file; validates the range."""
+    def msync(self, addr: int, length: int, flags: int = MS_SYNC) -> None:
+        """msync: anonymous memory has no backing file, so this validates:
+        EINVAL for unknown flags, ENOMEM for a hole, EBUSY for MS_INVALIDATE
+        over wired memory (as FreeBSD's vm_map_sync)."""
         start, end = _range(addr, length)
-        _int("flags", flags)
-        with self.kernel.lock:
-            self._live().require_mapped(start, end)
+        f = _int("flags", flags)
+        if f & ~(MS_ASYNC | MS_INVALIDATE):
+            raise einval(f"bad msync flags {f:#x}")
+        with self.kernel.gate:
+            ents = self._live().require_mapped(start, end)
+            if f & MS_INVALIDATE and any(e.wired_count for e in ents):
+                raise VMError(errno.EBUSY, "MS_INVALIDATE of wired memory")
 
     # -- data --------------------------------------------------------------------
 
@@ -299,13 +272,33 @@ class Proc:
         n = _int("length", length)
         if n < 0 or a < 0:
             raise einval("negative address or length")
-        if n == 0:
-            return b""
-        with self.kernel.lock:
-            return vm_read(self.kernel, self._live(), a, n)
+        with self.kernel.gate:
+            vmap = self._live()
+            return vm_read(self.kernel, vmap, a, n) if n else b""
+
+    def readinto(self, addr: int, buffer: bytearray | memoryview) -> int:
+        """Read len(buffer) bytes at `addr` into a writable buffer (no
+        allocation per call); returns the byte count."""
+        a = _int("addr", addr)
+        try:
+            dst = memoryview(buffer).cast("B")
+        except TypeError:
+            raise TypeError(f"buffer must be a writable C-contiguous buffer, not {type(buffer).__name__}") from None
+        if dst.readonly:
+            raise TypeError("buffer is read-only")
+        n = len(dst)
+        if a < 0:
+            raise einval("negative address")
+        with self.kernel.gate:
+            if n:
+                vm_readinto(self.kernel, self._live(), a, dst)
+            else:
+                self._live()
+        return n
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
-        """Write `data` at `addr`; nothing is written unless all of it may be."""
+        """Write `data` at `addr`; nothing is written unless all of it may be
+        (SegmentationFault).  OutOfMemory part-way carries `.written`."""
         if type(addr) is int and type(data) is bytes and 0 < len(data) <= PAGE_SIZE - (addr & PAGE_MASK):
             k = self.kernel
             with k.lock:  # fast path: one page with a writable translation
@@ -318,14 +311,16 @@ class Proc:
                     page.buf[o:o + len(data)] = data
                     return
         a = _int("addr", addr)
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+        try:
+            src = memoryview(data).cast("B")
+        except TypeError:
+            raise TypeError(f"data must be a C-contiguous bytes-like object, not {type(data).__name__}") from None
         if a < 0:
             raise einval("negative address")
-        if len(data) == 0:
-            return
-        with self.kernel.lock:
-            vm_write(self.kernel, self._live(), a, data)
+        with self.kernel.gate:
+            vmap = self._live()
+            if len(src):
+                vm_write(self.kernel, vmap, a, src)
 
     def peek(self, addr: int, length: int) -> bytes:
         """Side-effect-free read for debuggers and /vm (see inspection API)."""
@@ -333,7 +328,7 @@ class Proc:
         n = _int("length", length)
         if n < 0 or a < 0:
             raise einval("negative address or length")
-        with self.kernel.lock:
+        with self.kernel.gate:
             return peek_map(self.kernel, self._live(), a, n)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -346,29 +341,31 @@ class Proc:
         """uvm_exit: tear down the address space and release the u-area."""
         self.kernel._exit(self)
 
-    def coredump(self) -> list[tuple[MapEntry, bytes]]:
+    def coredump_segments(self) -> list[tuple[MapEntry, list[tuple[int, bytes]]]]:
         """uvm_coredump_walkmap: the segments a core file would hold — every
-        readable entry not marked MADV_NOCORE, with its bytes (read without
-        side effects: nothing is paged in or allocated)."""
+        readable entry not marked MADV_NOCORE — each with the runs of
+        consecutive pages that have contents, as (address, bytes).  Pages
+        never written are absent (they read as zeros); nothing is paged in,
+        allocated or marked referenced."""
         k = self.kernel
-        with k.lock:
+        with k.gate:
             vmap = self._live()
-            return [(entry_record(e), peek_map(k, vmap, e.start, e.end - e.start))
-                    for e in vmap.entries() if e.prot & PROT_READ and not e.nocore]
+            return [(entry_record(e), peek_runs(k, vmap, e)) for e in vmap.entries()
+                    if e.prot & PROT_READ and not e.nocore]
 
     # -- inspection --------------------------------------------------------------------
 
     def maps(self) -> list[MapEntry]:
-        with self.kernel.lock:
+        with self.kernel.gate:
             return [entry_record(e) for e in self._live().entries()]
 
     def smaps(self) -> list[SmapsInfo]:
-        with self.kernel.lock:
+        with self.kernel.gate:
             vmap = self._live()
             return [smaps_record(self.kernel, vmap, e) for e in vmap.entries()]
 
     def status(self) -> ProcStatus:
-        with self.kernel.lock:
+        with self.kernel.gate:
             vmap = self._live()
             sm = [smaps_record(self.kernel, vmap, e) for e in vmap.entries()]
             return ProcStatus(self.name, self.state, self.pid, self.ppid, vmap.size,

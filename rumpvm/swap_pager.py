@@ -7,6 +7,11 @@ Every slot written carries a 64-bit checksum of its page, kept in memory and
 verified on every read: a mismatch is `VMError(EIO)`, never silent wrong
 data.
 
+Its bookkeeping (a byte of slot map and an 8-byte checksum per slot) is
+kernel memory: `bookkeeping_bytes` is charged to the memory limit at boot.
+A failed or short transfer (a truncated or vanished swap file) is
+`VMError(EIO)`.
+
 Lock: the kernel lock guards the slot map and checksums; the file I/O itself
 runs with the lock dropped (the pages involved are busy).
 """
@@ -14,6 +19,7 @@ runs with the lock dropped (the pages involved are busy).
 from __future__ import annotations
 
 import errno
+from array import array
 from typing import Sequence
 
 import hypercall
@@ -27,9 +33,13 @@ class SwapPager:
         self.nslots = size // PAGE_SIZE
         self.file = hypercall.SwapFile(path, self.nslots * PAGE_SIZE)
         self.slotmap = bytearray(self.nslots)
-        self.sums = [0] * self.nslots
+        self.sums = array("Q", bytes(8 * self.nslots))
         self.inuse = 0
         self.cursor = 0
+
+    @property
+    def bookkeeping_bytes(self) -> int:
+        return len(self.slotmap) + self.sums.itemsize * len(self.sums)
 
     @property
     def path(self) -> str:
@@ -63,17 +73,26 @@ class SwapPager:
         by the caller; the pages are busy)."""
         for i, addr in enumerate(addrs):
             self.sums[first + i] = hypercall.checksum(addr)
-        self.file.write_pages(first * PAGE_SIZE, addrs)
+        try:
+            self.file.write_pages(first * PAGE_SIZE, addrs)
+        except OSError as e:
+            raise VMError(errno.EIO, f"swap write at slot {first}: {e.strerror or e}") from None
 
     def read_run(self, first: int, addrs: Sequence[int]) -> list[bool]:
         """Read consecutive slots into the pages at `addrs` (one preadv);
         returns, per page, whether it passed its checksum."""
-        self.file.read_pages(first * PAGE_SIZE, addrs)
+        try:
+            self.file.read_pages(first * PAGE_SIZE, addrs)
+        except OSError as e:
+            raise VMError(errno.EIO, f"swap read at slot {first}: {e.strerror or e}") from None
         return [hypercall.checksum(a) == self.sums[first + i] for i, a in enumerate(addrs)]
 
     def peek(self, slot: int) -> bytes:
         """A slot's contents as bytes, verified, without touching any page."""
-        data = self.file.read(slot * PAGE_SIZE, PAGE_SIZE)
+        try:
+            data = self.file.read(slot * PAGE_SIZE, PAGE_SIZE)
+        except OSError as e:
+            raise VMError(errno.EIO, f"swap read at slot {slot}: {e.strerror or e}") from None
         if hypercall.checksum_buffer(data) != self.sums[slot]:
             raise VMError(errno.EIO, f"swap slot {slot}: checksum mismatch")
         return data

@@ -1,29 +1,39 @@
-"""Copying between host buffers and a map's virtual memory (uiomove).
+"""Copying between host buffers and virtual memory (uiomove).
 
 `check_access` validates a whole range against the map before anything is
-copied, so a failing read or write has no effect.  The copy loop uses the
-pmap's translations directly (the fast path) and calls the fault handler
-only for pages without a translation of the right kind.  Every access sets
-the page's referenced bit, and writes set its dirty bit, as an MMU would.
+copied, so a read or write that may not happen has no effect at all.  The
+copy then walks the range one page at a time (`_walk`): the pmap's
+translation is used when there is one (the fast path), the fault handler is
+called otherwise, and each page is copied while the lock is still held after
+its fault — so a range of any size makes progress page by page and never
+needs to be resident all at once.  Every access sets the page's referenced
+bit, and writes set its dirty bit, as an MMU would.
 
-Lock: the kernel lock, held by the caller.  A fault may drop it; the copy of
-a page happens only while the lock is held after its fault returned.
+A write that runs out of memory part-way raises OutOfMemory with `.written`
+set to the bytes written from the start (a short write); a read has no
+effect to undo.  `object_write` writes into an object by offset through the
+same object fault path (copy-on-write from backing objects honoured).
+
+Lock: the kernel lock, held by the caller.  A fault may drop it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from .constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE
-from .errors import SegmentationFault
-from .fault import resolve, vm_fault
+from .errors import OutOfMemory, SegmentationFault
+from .fault import object_fault, resolve, vm_fault
 
 if TYPE_CHECKING:
     from .kernel import Kernel
     from .map import VMMap
+    from .object import VMObject
+    from .page import VMPage
 
 
-def check_access(vmap: "VMMap", addr: int, length: int, access: int) -> None:
+def check_access(vmap: VMMap, addr: int, length: int, access: int) -> None:
     """Raise SegmentationFault at the first address of [addr, addr+length)
     that is unmapped (SEGV_MAPERR) or lacks `access` (SEGV_ACCERR)."""
     need = access if access & PROT_WRITE else PROT_READ
@@ -37,58 +47,91 @@ def check_access(vmap: "VMMap", addr: int, length: int, access: int) -> None:
         va = e.end
 
 
-_ZEROS = memoryview(bytes(PAGE_SIZE))
-
-
-def vm_read(k: "Kernel", vmap: "VMMap", addr: int, length: int) -> bytes:
-    check_access(vmap, addr, length, PROT_READ)
-    while True:
-        # Collect views of the pages, then join them into the result (one
-        # allocation, one copy).  The views are valid only while the lock is
-        # held without a break: if a fault slept, collect again.
-        drops = k.lockdrops
-        parts = []
-        rd = vmap.pmap.rd
-        touch = k.touch
-        pos = 0
-        while pos < length:
-            va = addr + pos
-            off = va & PAGE_MASK
-            n = min(PAGE_SIZE - off, length - pos)
-            page = rd.get(va >> PAGE_SHIFT)
-            if page is None:
-                page = vm_fault(k, vmap, va, PROT_READ)
-            if page is None:
-                parts.append(_ZEROS[:n])
-            else:
-                o = page.off + off
-                parts.append(page.buf[o:o + n])
-                page.referenced = True
-                if touch is not None:
-                    touch(page)
-            pos += n
-        if k.lockdrops == drops:
-            return b"".join(parts)
-
-
-def vm_write(k: "Kernel", vmap: "VMMap", addr: int, data: bytes | bytearray | memoryview) -> None:
-    length = len(data)
-    check_access(vmap, addr, length, PROT_WRITE)
-    src = memoryview(data).cast("B")
-    wr = vmap.pmap.wr
+def _walk(k: Kernel, vmap: VMMap, addr: int, length: int, write: bool) -> Iterator[tuple[VMPage | None, int, int, int]]:
+    """(page, offset in its frame buffer, position in the range, bytes) for
+    each page of the range, faulted in for the access; page None is a
+    never-written page of a read (zeros).  The consumer copies before
+    asking for the next page: only then may the lock be dropped."""
+    trans = vmap.pmap.wr if write else vmap.pmap.rd
+    access = PROT_WRITE if write else PROT_READ
     touch = k.touch
     pos = 0
     while pos < length:
         va = addr + pos
         off = va & PAGE_MASK
         n = min(PAGE_SIZE - off, length - pos)
-        page = wr.get(va >> PAGE_SHIFT)
+        page = trans.get(va >> PAGE_SHIFT)
         if page is None:
-            page = vm_fault(k, vmap, va, PROT_WRITE)
-            assert page is not None
-        o = page.off + off
-        page.buf[o:o + n] = src[pos:pos + n]
-        page.dirty = page.referenced = True
-        if touch is not None:
-            touch(page)
+            page = vm_fault(k, vmap, va, access)
+        if page is not None:
+            page.referenced = True
+            if write:
+                page.dirty = True
+            if touch is not None:
+                touch(page)
+            yield page, page.off + off, pos, n
+        else:
+            yield None, 0, pos, n
         pos += n
+
+
+_ZEROS = memoryview(bytes(PAGE_SIZE))
+
+
+def vm_read(k: Kernel, vmap: VMMap, addr: int, length: int) -> bytes:
+    """The bytes of [addr, addr+length)."""
+    check_access(vmap, addr, length, PROT_READ)
+    try:
+        out = bytearray(length)
+    except MemoryError:
+        raise OutOfMemory(f"no host memory for a {length}-byte read buffer") from None
+    vm_readinto(k, vmap, addr, memoryview(out), checked=True)
+    return bytes(out)
+
+
+def vm_readinto(k: Kernel, vmap: VMMap, addr: int, dst: memoryview, checked: bool = False) -> None:
+    """Copy [addr, addr+len(dst)) into the byte buffer `dst`."""
+    length = len(dst)
+    if not checked:
+        check_access(vmap, addr, length, PROT_READ)
+    for page, o, pos, n in _walk(k, vmap, addr, length, False):
+        if page is None:
+            dst[pos:pos + n] = _ZEROS[:n]
+        else:
+            dst[pos:pos + n] = page.buf[o:o + n]
+
+
+def vm_write(k: Kernel, vmap: VMMap, addr: int, data: bytes | bytearray | memoryview) -> None:
+    """Copy `data` to [addr, addr+len(data)); OutOfMemory part-way carries
+    `.written`."""
+    src = memoryview(data).cast("B")
+    length = len(src)
+    check_access(vmap, addr, length, PROT_WRITE)
+    done = 0
+    try:
+        for page, o, pos, n in _walk(k, vmap, addr, length, True):
+            assert page is not None
+            page.buf[o:o + n] = src[pos:pos + n]
+            done = pos + n
+    except OutOfMemory as e:
+        e.written = done
+        raise
+
+
+def object_write(k: Kernel, obj: VMObject, offset: int, src: memoryview) -> None:
+    """Write `src` into `obj` at byte `offset` (within its size), page by
+    page through the object fault path; the caller holds a reference on
+    `obj` so it outlives any sleep.  OutOfMemory carries `.written`."""
+    done = 0
+    try:
+        while done < len(src):
+            pos = offset + done
+            off = pos & PAGE_MASK
+            n = min(PAGE_SIZE - off, len(src) - done)
+            page = object_fault(k, obj, pos >> PAGE_SHIFT)
+            page.buf[page.off + off:page.off + off + n] = src[done:done + n]
+            page.dirty = page.referenced = True
+            done += n
+    except OutOfMemory as e:
+        e.written = done
+        raise

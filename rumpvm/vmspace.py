@@ -25,77 +25,59 @@ from .map import VMMap, VMMapEntry
 
 if TYPE_CHECKING:
     from .kernel import Kernel
+    from .physmem import Reservation
 
 
 def vmspace_alloc(k: "Kernel", name: str) -> VMMap:
     return VMMap(k, VM_MIN_ADDRESS, VM_MAXUSER_ADDRESS, name)
 
 
-def _copy_entry(src: VMMapEntry) -> VMMapEntry:
-    dst = VMMapEntry(src.start, src.end, src.obj, src.offset, src.prot, src.max_prot,
-                     src.inheritance, src.shared, src.name)
-    dst.needs_copy = src.needs_copy
-    dst.advice = src.advice
-    dst.nocore = src.nocore
-    dst.nosync = src.nosync
-    return dst
-
-
-def _copy_wired(k: "Kernel", old: VMMap, d: VMMapEntry) -> None:
-    """vm_fault_copy_entry: give the child its own copy of wired memory.
-    Allocation may sleep for memory; the source page is looked up again
-    after every sleep (another thread may have unmapped it: then the child
-    keeps zeros there, as if the munmap had come first)."""
+def _copy_wired(k: "Kernel", old: VMMap, d: VMMapEntry, resv: "Reservation") -> None:
+    """vm_fault_copy_entry: give the child its own copy of wired memory, in
+    frames the caller reserved (the copy never sleeps)."""
     assert d.obj is not None
     for i, vpn in enumerate(range(d.start >> PAGE_SHIFT, d.end >> PAGE_SHIFT)):
-        deadline = None
-        while (src := old.wired.get(vpn)) is not None:
-            page = k.page_alloc(d.obj, i)
-            if page is not None:
-                hypercall.page_copy(page.addr, src.addr)
-                break
-            deadline = k.memwait(deadline)
+        src = old.wired.get(vpn)
+        if src is not None:
+            page = k.page_alloc(d.obj, i, resv)
+            assert page is not None, "fork: wired copy beyond its reservation"
+            hypercall.page_copy(page.addr, src.addr)
 
 
-def vmspace_fork(k: "Kernel", old: VMMap, name: str) -> VMMap:
+def vmspace_fork(k: "Kernel", old: VMMap, name: str, resv: "Reservation") -> VMMap:
+    """Copy `old` per inheritance.  Requires the lock, primed pools, and
+    frames in `resv` for every page of wired INHERIT_COPY entries; never
+    sleeps, so no half-built map is ever visible."""
     new = vmspace_alloc(k, name)
-    wired: list[VMMapEntry] = []
     for e in list(old.entries()):
         if e.inheritance == INHERIT_NONE:
             continue
+        wired_copy = False
         if e.inheritance == INHERIT_SHARE:
             if e.obj is None:
-                e.obj = vm_object.allocate(k, e.npages)
-                e.offset = 0
+                e.set_object(vm_object.allocate(k, e.npages), 0)
             elif e.needs_copy:
                 # Sharing a still-COW range: give it its own object first so
                 # both sides share the private copy, not the original.
-                e.obj = vm_object.shadow(k, e.obj, e.offset >> PAGE_SHIFT, e.npages)
-                e.offset = 0
+                e.set_object(vm_object.shadow(k, e.obj, e.offset >> PAGE_SHIFT, e.npages), 0)
                 e.needs_copy = False
                 old.pmap.write_protect(e.start >> PAGE_SHIFT, e.end >> PAGE_SHIFT)
-            d = _copy_entry(e)
             e.obj.ref_count += 1
+            d = e.copy()
         elif e.wired_count:
-            # The child's own object, filled by _copy_wired once the map is
-            # built (POSIX: the child does not inherit the lock itself).
-            d = _copy_entry(e)
-            d.obj = vm_object.allocate(k, d.npages)
-            d.offset = 0
-            d.needs_copy = False
-            wired.append(d)
+            # Wired pages cannot be shared copy-on-write: the child gets its
+            # own object, filled once the entry is linked.
+            d = e.copy()
+            d.obj, d.offset, d.needs_copy = vm_object.allocate(k, d.npages), 0, False
+            wired_copy = True
         else:
-            d = _copy_entry(e)
+            d = e.copy()
             if e.obj is not None:
                 e.obj.ref_count += 1
                 e.needs_copy = d.needs_copy = True
                 old.pmap.write_protect(e.start >> PAGE_SHIFT, e.end >> PAGE_SHIFT)
+        d.wired_count = 0  # POSIX: the child does not inherit the lock
         new.insert(d)
-    try:
-        for d in wired:
-            _copy_wired(k, old, d)
-    except BaseException:
-        new.destroy()  # a failed fork leaves nothing behind
-        raise
+        if wired_copy:
+            _copy_wired(k, old, d, resv)
     return new
-

@@ -84,14 +84,18 @@ def test_getparam(monkeypatch):
     assert hc.getparam("RUMPVM_TEST_PARAM") is None
 
 
-def test_swapfile_temp_is_removed_on_close():
+def test_swapfile_temp_is_unlinked_at_once():
+    """Only the descriptor keeps a temporary swap file: nothing to leave
+    behind, whatever happens to the process."""
     sw = hc.SwapFile(None, 16 * PAGE_SIZE)
     try:
-        assert sw.temporary and os.path.exists(sw.path)
-        assert os.path.getsize(sw.path) == 16 * PAGE_SIZE
+        assert sw.temporary and sw.path.endswith(" (deleted)")
+        name = sw.path.removesuffix(" (deleted)")
+        assert not os.path.exists(name)
+        assert os.fstat(sw.fd).st_size == 16 * PAGE_SIZE and os.fstat(sw.fd).st_nlink == 0
+        assert os.fstat(sw.fd).st_mode & 0o777 == 0o600
     finally:
         sw.close()
-    assert not os.path.exists(sw.path)
     sw.close()  # closing twice is harmless
 
 

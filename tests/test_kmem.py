@@ -98,6 +98,23 @@ def test_kmem_malloc_wait_raises_out_of_memory_after_timeout():
         k.check()
 
 
+def sleepers(cv: threading.Condition) -> int:
+    """Threads asleep in `cv.wait()`.  The kernel keeps no count of the
+    sleepers of a map's space_cv, so this reads the Condition's own list
+    (CPython: a waiter is added to it before the lock is dropped, and
+    removed when notified), under the kernel lock it shares."""
+    return len(cv._waiters)  # type: ignore[attr-defined]
+
+
+def wait_until(pred, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll `pred` until true (no event announces a new sleeper); the deadline
+    only bounds a hang, nothing is asserted after a fixed time."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.001)
+
+
 def test_alloc_wait_sleeps_until_free_wakeup(k):
     sub = k.kmem.suballoc(k.kernel_map, 8 * P, "exec_map")
     first = k.kmem.alloc_wait(sub, 8 * P)
@@ -108,11 +125,20 @@ def test_alloc_wait_sleeps_until_free_wakeup(k):
 
     t = threading.Thread(target=waiter)
     t.start()
-    time.sleep(0.2)
+
+    def asleep() -> bool:
+        with k.lock:
+            return sleepers(sub.space_cv) == 1
+
+    wait_until(lambda: asleep() or not t.is_alive(), what="the waiter to sleep in kmem_alloc_wait")
     assert t.is_alive() and not got  # sleeping: the submap is full
+    with k.lock:
+        assert sub.first_hole(sub.min, sub.max) is None  # still full: nothing was taken
     k.kmem.free_wakeup(sub, first, 8 * P)
-    t.join(5)
+    t.join(10)
     assert not t.is_alive() and got and sub.min <= got[0] < sub.max
+    with k.lock:
+        assert sleepers(sub.space_cv) == 0
 
 
 def test_alloc_wait_too_big_for_map_is_enomem(k):
