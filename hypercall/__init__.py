@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from ._hyper import ffi, lib
 

@@ -130,9 +130,8 @@ def vmflags(entry: MapEntry) -> str:
         flags.append("rr")
     if entry.inheritance == INHERIT_NONE:
         flags.append("dc")
-    # No `dd` (MADV_NOCORE): the kernel keeps nocore apart from `advice`
-    # (which only holds NORMAL/RANDOM/SEQUENTIAL) and the MapEntry record
-    # does not carry it.
+    if entry.nocore:
+        flags.append("dd")
     return "VmFlags: " + "".join(f + " " for f in flags) + "\n"
 
 

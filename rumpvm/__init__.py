@@ -1,11 +1,34 @@
 """rumpvm: a BSD virtual-memory system that runs as a library in the host
-process (rump-kernel style).  See README.md and DESIGN.md."""
+process (rump-kernel style).  See README.md and docs/architecture.md."""
 
-from .constants import (INHERIT_COPY, INHERIT_NONE, INHERIT_SHARE, MADV_AUTOSYNC, MADV_CORE,
-                        MADV_DONTNEED, MADV_FREE, MADV_NOCORE, MADV_NORMAL, MADV_NOSYNC,
-                        MADV_RANDOM, MADV_SEQUENTIAL, MADV_WILLNEED, MAP_ANON, MAP_FIXED,
-                        MAP_PRIVATE, MAP_SHARED, MS_ASYNC, MS_INVALIDATE, MS_SYNC, PAGE_SIZE, PROT_EXEC, PROT_NONE, PROT_READ,
-                        PROT_WRITE, PROT_MAX)
+from .constants import (
+                        INHERIT_COPY,
+                        INHERIT_NONE,
+                        INHERIT_SHARE,
+                        MADV_AUTOSYNC,
+                        MADV_CORE,
+                        MADV_DONTNEED,
+                        MADV_FREE,
+                        MADV_NOCORE,
+                        MADV_NORMAL,
+                        MADV_NOSYNC,
+                        MADV_RANDOM,
+                        MADV_SEQUENTIAL,
+                        MADV_WILLNEED,
+                        MAP_ANON,
+                        MAP_FIXED,
+                        MAP_PRIVATE,
+                        MAP_SHARED,
+                        MS_ASYNC,
+                        MS_INVALIDATE,
+                        MS_SYNC,
+                        PAGE_SIZE,
+                        PROT_EXEC,
+                        PROT_MAX,
+                        PROT_NONE,
+                        PROT_READ,
+                        PROT_WRITE,
+)
 from .errors import OutOfMemory, SegmentationFault, VMError
 from .inspect import MapEntry, ObjectInfo, ProcStatus, SmapsInfo
 from .kernel import Kernel

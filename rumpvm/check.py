@@ -40,14 +40,13 @@ if TYPE_CHECKING:
     from .object import VMObject
 
 
-def _maps(k: "Kernel") -> list["VMMap"]:
+def _maps(k: Kernel) -> list[VMMap]:
     return [k.kernel_map, *k.kmem.submaps, *(p.vmspace for p in k.proctab.values())]
 
 
-def check_kernel(k: "Kernel") -> list[str]:
+def check_kernel(k: Kernel) -> list[str]:
     errs: list[str] = []
     refs: Counter[int] = Counter()
-    mapped_pages: dict[int, int] = {}
     pv_expected: set[tuple[int, int, int]] = set()
     wired_expected: Counter[int] = Counter()
     linked: set[int] = set()
@@ -86,10 +85,11 @@ def check_kernel(k: "Kernel") -> list[str]:
         for vpn, page in m.pmap.rd.items():
             pv_expected.add((id(m.pmap), vpn, id(page)))
             va = vpn << PAGE_SHIFT
-            _, e = resolve(m, va)
-            if e is None:
+            _, te = resolve(m, va)
+            if te is None:
                 errs.append(f"{m.name}: translation at {va:#x} without entry")
                 continue
+            e = te
             if not e.prot & PROT_READ:
                 errs.append(f"{m.name}: translation at {va:#x} in entry without read")
             if e.obj is None:
@@ -155,9 +155,9 @@ def check_kernel(k: "Kernel") -> list[str]:
         if leaked:
             errs.append(f"object {o.id}: {len(leaked)} pages/slots nothing can reach, e.g. pindex {leaked[:5]}")
     for oid, o in k.objtab.items():
-        want = refs[oid] + o.handles
-        if o.ref_count != want:
-            errs.append(f"object {oid}: ref_count {o.ref_count} != {want} (entries+shadows+handles)")
+        nrefs = refs[oid] + o.handles
+        if o.ref_count != nrefs:
+            errs.append(f"object {oid}: ref_count {o.ref_count} != {nrefs} (entries+shadows+handles)")
     npv = sum(len(p.pv) for o in k.objtab.values() for p in o.pages.values())
     if npv > len(pv_expected):
         errs.append(f"{npv} pv entries for {len(pv_expected)} translations")
@@ -194,10 +194,10 @@ def check_kernel(k: "Kernel") -> list[str]:
         errs.append(f"frames in use {k.physmem.frames_in_use} != owned {sum(frames.values())}")
     if len(free) + k.physmem.frames_in_use != k.physmem.total_frames:
         errs.append("free + used frames != total frames")
-    pm = k.pooltab["vm_map_entry"]
+    epool = k.pooltab["vm_map_entry"]
     nentries = sum(m.tree.count for m in _maps(k))
-    if pm.inuse != nentries:
-        errs.append(f"vm_map_entry pool inuse {pm.inuse} != {nentries} entries")
+    if epool.inuse != nentries:
+        errs.append(f"vm_map_entry pool inuse {epool.inuse} != {nentries} entries")
     if k.pooltab["vm_object"].inuse != len(k.objtab):
         errs.append(f"vm_object pool inuse {k.pooltab['vm_object'].inuse} != {len(k.objtab)} objects")
     if k.swap is not None:
@@ -218,7 +218,7 @@ def check_kernel(k: "Kernel") -> list[str]:
     return errs
 
 
-def _unreached(o: "VMObject") -> list[int]:
+def _unreached(o: VMObject) -> list[int]:
     """Pindexes of `o`'s pages and slots outside every range that can reach them."""
     ranges = vm_object.reached(o)
     starts = [a for a, _ in ranges]

@@ -11,7 +11,7 @@ caller sees zeros and nothing is allocated.
 
 Lock: called with the kernel lock held.  Whenever the handler must sleep
 (memory, a busy page, page-in I/O) it drops the lock and restarts from the
-map lookup, because anything may have changed meanwhile (the seeds' "retry
+map lookup, because anything may have changed meanwhile (BSD's "retry
 the fault" pattern).  Page-in runs with the page busy and no lock held.
 """
 
@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 import hypercall
 
 from . import object as vm_object
-
 from .constants import MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, PAGE_SHIFT, PROT_READ, PROT_WRITE
 from .errors import OutOfMemory, SegmentationFault, VMError
 from .page import INACTIVE
+from .physmem import memwait, page_alloc, page_free, pool_room
 from .pmap import page_remove_all
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class _NeedMemory(Exception):
     """Internal: an allocation failed; wait for memory, then restart."""
 
 
-def resolve(vmap: "VMMap", va: int) -> tuple["VMMap", "VMMapEntry | None"]:
+def resolve(vmap: VMMap, va: int) -> tuple[VMMap, VMMapEntry | None]:
     """The (map, entry) that maps `va`, following submaps; entry None if none."""
     while True:
         found, e = vmap.lookup_entry(va)
@@ -56,8 +56,8 @@ def resolve(vmap: "VMMap", va: int) -> tuple["VMMap", "VMMapEntry | None"]:
         vmap = e.submap
 
 
-def vm_fault(k: "Kernel", vmap: "VMMap", va: int, access: int, wire: bool = False,
-             nowait: bool = False, resv: "Reservation | None" = None) -> "VMPage | None":
+def vm_fault(k: Kernel, vmap: VMMap, va: int, access: int, wire: bool = False,
+             nowait: bool = False, resv: Reservation | None = None) -> VMPage | None:
     """Make the page at `va` accessible for `access` and return it (entered in
     the pmap, wired if `wire`), or None for a read of a never-written page.
     New pages take frames from `resv` while it has some.
@@ -76,10 +76,10 @@ def vm_fault(k: "Kernel", vmap: "VMMap", va: int, access: int, wire: bool = Fals
         except _NeedMemory:
             if nowait:
                 raise OutOfMemory("no memory for a no-wait fault") from None
-            deadline = k.memwait(deadline)
+            deadline = memwait(k, deadline)
 
 
-def object_fault(k: "Kernel", obj: "VMObject", pindex: int) -> "VMPage":
+def object_fault(k: Kernel, obj: VMObject, pindex: int) -> VMPage:
     """The page `pindex` of `obj` itself, made writable there (copied up
     from a backing object, paged in, or zero-filled), waiting for memory
     as vm_fault does.  The caller holds the lock and a reference on `obj`."""
@@ -92,18 +92,18 @@ def object_fault(k: "Kernel", obj: "VMObject", pindex: int) -> "VMPage":
         except _Retry:
             k.check_open()
         except _NeedMemory:
-            deadline = k.memwait(deadline)
+            deadline = memwait(k, deadline)
 
 
-def _alloc(k: "Kernel", obj: "VMObject", pindex: int, resv: "Reservation | None") -> "VMPage":
-    page = k.page_alloc(obj, pindex, resv)
+def _alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None) -> VMPage:
+    page = page_alloc(k, obj, pindex, resv)
     if page is None:
         raise _NeedMemory
     return page
 
 
-def _fault(k: "Kernel", vmap: "VMMap", va: int, access: int, wire: bool,
-           resv: "Reservation | None") -> "VMPage | None":
+def _fault(k: Kernel, vmap: VMMap, va: int, access: int, wire: bool,
+           resv: Reservation | None) -> VMPage | None:
     vmap, e = resolve(vmap, va)
     if e is None:
         raise SegmentationFault(va, access, "SEGV_MAPERR")
@@ -121,17 +121,18 @@ def _fault(k: "Kernel", vmap: "VMMap", va: int, access: int, wire: bool,
         if e.obj.ref_count == 1:
             e.needs_copy = False  # nobody else sees the object: no copy needed
         else:
-            if not k.pool_room(objects=1):
+            if not pool_room(k, objects=1):
                 raise _NeedMemory
             e.set_object(vm_object.shadow(k, e.obj, e.offset >> PAGE_SHIFT, e.npages), 0)
             e.needs_copy = False
     if e.obj is None:
         if not write and not wire:
             return None
-        if not k.pool_room(objects=1):
+        if not pool_room(k, objects=1):
             raise _NeedMemory
         e.set_object(vm_object.allocate(k, e.npages), 0)
 
+    assert e.obj is not None
     page = fault_object(k, e.obj, e.pindex(va), write, wire, e.advice, resv)
     if page is None:
         return None
@@ -149,8 +150,8 @@ def _fault(k: "Kernel", vmap: "VMMap", va: int, access: int, wire: bool,
     return page
 
 
-def fault_object(k: "Kernel", top: "VMObject", pindex: int, write: bool, alloc: bool = False,
-                 advice: int = MADV_NORMAL, resv: "Reservation | None" = None) -> "VMPage | None":
+def fault_object(k: Kernel, top: VMObject, pindex: int, write: bool, alloc: bool = False,
+                 advice: int = MADV_NORMAL, resv: Reservation | None = None) -> VMPage | None:
     """The object half of a fault: the page for `pindex` of `top`'s chain —
     copied into `top` for a write (COW), paged in from swap, or zero-filled
     into `top` for a write or when `alloc`; None for a read of a page no
@@ -185,8 +186,8 @@ def fault_object(k: "Kernel", top: "VMObject", pindex: int, write: bool, alloc: 
 READAHEAD = {MADV_NORMAL: 7, MADV_SEQUENTIAL: 15, MADV_RANDOM: 0}  # pages after the faulting one
 
 
-def pagein(k: "Kernel", obj: "VMObject", pindex: int, slot: int, advice: int = MADV_NORMAL,
-           resv: "Reservation | None" = None) -> None:
+def pagein(k: Kernel, obj: VMObject, pindex: int, slot: int, advice: int = MADV_NORMAL,
+           resv: Reservation | None = None) -> None:
     """Read a swapped page back into `obj` at `pindex`, with the following
     pages of the object whose slots follow (read-ahead, one preadv) while
     memory is plentiful.  The pages are busy and the lock dropped during the
@@ -202,7 +203,7 @@ def pagein(k: "Kernel", obj: "VMObject", pindex: int, slot: int, advice: int = M
         if (pi >= obj.size or obj.swap.get(pi) != slot + n or pi in obj.pages
                 or k.physmem.avail_pages() <= k.pagedaemon.freemin + 1):
             break
-        page = k.page_alloc(obj, pi)
+        page = page_alloc(k, obj, pi)
         if page is None:
             break
         pages.append(page)
@@ -227,7 +228,7 @@ def pagein(k: "Kernel", obj: "VMObject", pindex: int, slot: int, advice: int = M
             page.wanted = False
             k.page_cv.notify_all()
         if page.released or err is not None or not good[n]:
-            k.page_free(page)
+            page_free(k, page)
             continue
         page.dirty = False  # the swap copy is valid until the page is written
         k.uvmexp.pageins += 1
@@ -239,7 +240,7 @@ def pagein(k: "Kernel", obj: "VMObject", pindex: int, slot: int, advice: int = M
         raise err
 
 
-def wire_range(k: "Kernel", vmap: "VMMap", start: int, end: int, resv: "Reservation | None" = None) -> None:
+def wire_range(k: Kernel, vmap: VMMap, start: int, end: int, resv: Reservation | None = None) -> None:
     """Fault in and wire every page of [start, end) (vm_fault_wire)."""
     for va in range(start, end, 1 << PAGE_SHIFT):
         vm_fault(k, vmap, va, PROT_READ, wire=True, resv=resv)

@@ -14,7 +14,7 @@ other threads for its I/O; acceptable for an inspection path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from . import object as vm_object
@@ -41,6 +41,7 @@ class MapEntry:
     advice: int
     needs_copy: bool = False
     name: str = ""
+    nocore: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,18 +112,19 @@ class PoolInfo:
     nput: int
 
 
-def entry_record(e: "VMMapEntry") -> MapEntry:
+def entry_record(e: VMMapEntry) -> MapEntry:
     return MapEntry(e.start, e.end, e.prot, e.max_prot, e.inheritance, e.shared, bool(e.wired_count),
-                    e.obj.id if e.obj is not None else None, e.offset, e.advice, e.needs_copy, e.name)
+                    e.obj.id if e.obj is not None else None, e.offset, e.advice, e.needs_copy, e.name,
+                    e.nocore)
 
 
-def object_record(o: "VMObject") -> ObjectInfo:
+def object_record(o: VMObject) -> ObjectInfo:
     return ObjectInfo(o.id, o.type, o.size << PAGE_SHIFT, o.ref_count, len(o.pages), len(o.swap),
                       o.backing.id if o.backing is not None else None, o.backing_offset << PAGE_SHIFT,
                       len(o.shadows))
 
 
-def smaps_record(k: "Kernel", vmap: "VMMap", e: "VMMapEntry") -> SmapsInfo:
+def smaps_record(k: Kernel, vmap: VMMap, e: VMMapEntry) -> SmapsInfo:
     """Per-entry memory use, counted from the pmap and the object chain."""
     rss = pss = swap = ref = anon = sc = sd = pc = pd = 0
     rd = vmap.pmap.rd
@@ -130,7 +132,8 @@ def smaps_record(k: "Kernel", vmap: "VMMap", e: "VMMapEntry") -> SmapsInfo:
         rss, pss, ref, anon, sc, sd, pc, pd = _count(rd[vpn], rss, pss, ref, anon, sc, sd, pc, pd)
     if e.obj is not None:
         first, last = e.pindex(e.start), e.pindex(e.end)
-        o, off = e.obj, 0
+        o: VMObject | None = e.obj
+        off = 0
         seen: set[int] = set()
         while o is not None:
             for pindex in o.swap:
@@ -161,7 +164,7 @@ def _count(page, rss, pss, ref, anon, sc, sd, pc, pd):  # type: ignore[no-untype
 _ZEROS = memoryview(bytes(PAGE_SIZE))
 
 
-def _object_page_bytes(k: "Kernel", obj: "VMObject", pindex: int) -> bytes | None:
+def _object_page_bytes(k: Kernel, obj: VMObject, pindex: int) -> bytes | None:
     """The bytes of page `pindex` as seen through `obj`'s chain (None: zeros).
     A page still being paged in (fake) has no valid bytes yet: its swap copy
     is read instead."""
@@ -176,7 +179,7 @@ def _object_page_bytes(k: "Kernel", obj: "VMObject", pindex: int) -> bytes | Non
     return None
 
 
-def peek_map(k: "Kernel", vmap: "VMMap", addr: int, length: int) -> bytes:
+def peek_map(k: Kernel, vmap: VMMap, addr: int, length: int) -> bytes:
     """Bytes of [addr, addr+length) up to the first unmapped page, ignoring
     protection.  SegmentationFault if `addr` itself is unmapped."""
     from .fault import resolve
@@ -203,7 +206,7 @@ def peek_map(k: "Kernel", vmap: "VMMap", addr: int, length: int) -> bytes:
     return b"".join(parts)
 
 
-def peek_object(k: "Kernel", obj: "VMObject", offset: int, length: int) -> bytes:
+def peek_object(k: Kernel, obj: VMObject, offset: int, length: int) -> bytes:
     """Bytes of an object by offset through its chain; short at its end."""
     size = obj.size << PAGE_SHIFT
     end = min(size, offset + length)
@@ -218,7 +221,7 @@ def peek_object(k: "Kernel", obj: "VMObject", offset: int, length: int) -> bytes
     return bytes(out)
 
 
-def peek_runs(k: "Kernel", vmap: "VMMap", e: "VMMapEntry") -> list[tuple[int, bytes]]:
+def peek_runs(k: Kernel, vmap: VMMap, e: VMMapEntry) -> list[tuple[int, bytes]]:
     """The pages of entry `e` that have contents (resident or swapped
     anywhere in its chain), as runs (address, bytes) of consecutive pages;
     pages never written are left out.  Side-effect free; lock held."""
@@ -226,7 +229,8 @@ def peek_runs(k: "Kernel", vmap: "VMMap", e: "VMMapEntry") -> list[tuple[int, by
         return []
     first, last = e.pindex(e.start), e.pindex(e.end)
     present: set[int] = set()
-    o, off = e.obj, 0
+    o: VMObject | None = e.obj
+    off = 0
     while o is not None:
         for table in (o.pages, o.swap):
             present.update(i - off for i in vm_object.keys_in(table, first + off, last + off))
@@ -245,3 +249,51 @@ def peek_runs(k: "Kernel", vmap: "VMMap", e: "VMMapEntry") -> list[tuple[int, by
     if parts:
         runs.append((run_start, bytes(parts)))
     return runs
+
+
+def stats(k: Kernel) -> dict[str, int]:
+    """uvmexp-style counters: page counts, swap use, resident bytes, and the
+    event counters.  Lock held."""
+    pm = k.physmem
+    limit = pm.limit
+    npages = limit // PAGE_SIZE if limit is not None else pm.total_frames
+    q = k.queues
+    out = {
+        "pagesize": PAGE_SIZE,
+        "npages": npages,
+        "free": max(0, npages - pm.frames_in_use) if limit is not None else len(pm.free_frames),
+        "active": len(q.active),
+        "inactive": len(q.inactive),
+        "wired": q.wired + sum(p.npages for p in k.pooltab.values()),
+        "swpages": k.swap.nslots if k.swap else 0,
+        "swpginuse": k.swap.inuse if k.swap else 0,
+        "resident": pm.resident,
+        "memlimit": limit or 0,
+        "kmem_charged": pm.charged,
+        "objects": len(k.objtab),
+        "procs": len(k.proctab),
+        "referenced": sum(1 for queue in (q.active, q.inactive) for p in queue if p.referenced),
+    }
+    out.update(asdict(k.uvmexp))
+    return out
+
+
+def meminfo(k: Kernel) -> dict[str, int]:
+    """/proc/meminfo fields, in bytes.  Lock held."""
+    s = stats(k)
+    total = s["npages"] * PAGE_SIZE
+    free = s["free"] * PAGE_SIZE if k.physmem.limit is not None else max(0, total - s["resident"])
+    q = k.queues
+    dirty = sum(1 for queue in (q.active, q.inactive) for p in queue if p.dirty)
+    anon = sum(len(o.pages) for o in k.objtab.values() if o.type == "anon")
+    swap_total = s["swpages"] * PAGE_SIZE
+    return {
+        "MemTotal": total, "MemFree": free,
+        "MemAvailable": free + s["inactive"] * PAGE_SIZE,
+        "Active": s["active"] * PAGE_SIZE, "Inactive": s["inactive"] * PAGE_SIZE,
+        "Active(anon)": s["active"] * PAGE_SIZE, "Inactive(anon)": s["inactive"] * PAGE_SIZE,
+        "Unevictable": s["wired"] * PAGE_SIZE, "Mlocked": k.wired_user_pages * PAGE_SIZE,
+        "SwapTotal": swap_total, "SwapFree": swap_total - s["swpginuse"] * PAGE_SIZE,
+        "Dirty": dirty * PAGE_SIZE, "AnonPages": anon * PAGE_SIZE,
+        "KernelAlloc": s["kmem_charged"] + s["wired"] * PAGE_SIZE,
+    }

@@ -1,5 +1,5 @@
 """The kernel: boot and shutdown, page allocation and memory waits, the
-public facade (DESIGN.md "Public API"), counters, and the process table.
+public facade (the API of README.md), counters, and the process table.
 
 Boot reads `RUMP_MEMLIMIT` through the hypercall layer (unless `memlimit`
 is given), opens the swap file (before anything else starts, so a bad path
@@ -32,31 +32,35 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import hypercall
 
+from . import inspect, uio
 from . import object as vm_object
-from .constants import (INHERIT_COPY, INHERIT_SHARE, PAGE_SHIFT, PAGE_SIZE, PROT_ALL, PROT_READ, PROT_WRITE,
-                        VM_MAX_KERNEL_ADDRESS, VM_MIN_KERNEL_ADDRESS)
 from .check import check_kernel
-from .errors import OutOfMemory, VMError, einval
-from .inspect import (KmemMapInfo, ObjectInfo, PoolInfo, SwapInfo, entry_record, object_record,
-                      peek_object)
+from .constants import (
+    INHERIT_COPY,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    VM_MAX_KERNEL_ADDRESS,
+    VM_MIN_KERNEL_ADDRESS,
+)
+from .errors import VMError, einval
+from .inspect import KmemMapInfo, ObjectInfo, PoolInfo, SwapInfo, entry_record, object_record, peek_object
 from .kmem import Kmem
-from .map import VMMap, VMMapEntry
+from .map import VMMap
 from .object import VMObject
-from .page import ACTIVE, PageQueues, VMPage
+from .page import PageQueues, VMPage
 from .pagedaemon import Pagedaemon, stop_daemon
 from .param import format_size, parse_limit, parse_size
-from .physmem import MIN_LIMIT, PDRESERVE_PAGES, PhysMem, Reservation
+from .physmem import MIN_LIMIT, PDRESERVE_PAGES, PhysMem, Reservation, pool_prime, reserve
 from .pool import Pool
 from .proc import UAREA_CACHE, USPACE, Proc
 from .swap_pager import SwapPager
-from . import uio
 from .vmspace import vmspace_alloc, vmspace_fork
 
 
@@ -101,7 +105,7 @@ class _Gate:
 
     __slots__ = ("k",)
 
-    def __init__(self, k: "Kernel") -> None:
+    def __init__(self, k: Kernel) -> None:
         self.k = k
 
     def __enter__(self) -> None:
@@ -134,7 +138,7 @@ def _release_host(pd_args: tuple[Any, ...], physmem: PhysMem, km_arenas: dict[in
 
 
 class Kernel:
-    """A rumpvm kernel.  Use as a context manager; see DESIGN.md."""
+    """A rumpvm kernel.  Use as a context manager; see README.md."""
 
     def __init__(self, memlimit: int | str | None = None, swap: int | str = 0,
                  swapfile: str | None = None, policy: str = "clock",
@@ -208,7 +212,7 @@ class Kernel:
 
     # -- lifecycle ------------------------------------------------------------------
 
-    def __enter__(self) -> "Kernel":
+    def __enter__(self) -> Kernel:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -309,7 +313,7 @@ class Kernel:
         slots = (self.swap.nslots - self.swap.inuse) if self.swap is not None else 0
         clean = sum(1 for q in (self.queues.active, self.queues.inactive) for p in q
                     if not p.dirty and p.obj is not None and p.pindex in p.obj.swap)
-        freeable = min(queued, clean + slots)
+        freeable = min(queued, clean + slots) + len(self.uarea_cache) * (USPACE // PAGE_SIZE)
         pool_need = sum(-(-p.inuse // p.perpage) for p in self.pooltab.values())
         pool_pages = sum(p.npages for p in self.pooltab.values())
         return pm.resident - (freeable + pool_pages - pool_need) * PAGE_SIZE + PDRESERVE_PAGES * PAGE_SIZE
@@ -320,109 +324,6 @@ class Kernel:
         if self._wired_limit is not None:
             return self._wired_limit
         return None if self.physmem.limit is None else self.physmem.limit // 3
-
-    def in_pagedaemon(self) -> bool:
-        return threading.current_thread() is self.pagedaemon.thread
-
-    def free_pages(self) -> int:
-        return min(self.physmem.avail_pages(), 1 << 31)
-
-    def page_alloc(self, obj: VMObject, pindex: int, resv: Reservation | None = None) -> VMPage | None:
-        """A new page of `obj` at `pindex`, on the active queue, with a frame
-        from `resv` if it has one; None when memory is short (the caller
-        waits with memwait and retries).  Lock held."""
-        pm = self.physmem
-        frame = resv.frames.pop() if resv is not None and resv.frames else pm.alloc_frame(self.in_pagedaemon())
-        if frame is None:
-            return None
-        addr, buf, off = pm.frame_location(frame)
-        page = VMPage(obj, pindex, frame, addr, buf, off)
-        obj.pages[pindex] = page
-        self.queues.enqueue(page, ACTIVE)
-        if pm.limit is not None and pm.avail_pages() < self.pagedaemon.freemin:
-            self.pagedaemon.wake()
-        return page
-
-    def page_free(self, page: VMPage) -> None:
-        """Return a page's frame.  The page must have no translations."""
-        if page.wire_count:
-            page.wire_count = 1
-            self.queues.unwire(page)
-        self.queues.dequeue(page)
-        obj = page.obj
-        if obj is not None and obj.pages.get(page.pindex) is page:
-            del obj.pages[page.pindex]
-        page.obj = None
-        self.physmem.free_frame(page.frame)
-        self.pagedaemon.stalled = False
-        if self.mem_waiters:
-            self.mem_cv.notify_all()
-
-    def swap_free(self, slot: int) -> None:
-        assert self.swap is not None
-        self.swap.free(slot)
-
-    def memwait(self, deadline: float | None) -> float:
-        """Sleep until memory may be available (the lock is dropped); raise
-        OutOfMemory once `deadline` (set on the first call) has passed."""
-        now = time.monotonic()
-        if deadline is None:
-            deadline = now + self.oom_timeout
-            self.uvmexp.oomwaits += 1
-        self.check_open()
-        if now >= deadline or self.in_pagedaemon():
-            self.uvmexp.oomfails += 1
-            raise OutOfMemory(f"out of memory: nothing could be freed within {self.oom_timeout:g}s")
-        if not self.pagedaemon.stalled:
-            self.pagedaemon.wake()
-        self.mem_waiters += 1
-        self.lockdrops += 1
-        try:
-            self.mem_cv.wait(deadline - now)
-        finally:
-            self.mem_waiters -= 1
-        self.check_open()
-        return deadline
-
-    @contextmanager
-    def reserve(self, npages: int) -> Iterator[Reservation]:
-        """Set `npages` frames aside for one operation, waiting for memory
-        (OutOfMemory after oom_timeout, with nothing kept); frames it did
-        not use are freed at the end.  Lock held."""
-        r = Reservation()
-        self.reservations.add(r)
-        try:
-            deadline = None
-            while len(r.frames) < npages:
-                frame = self.physmem.alloc_frame(self.in_pagedaemon())
-                if frame is None:
-                    deadline = self.memwait(deadline)
-                else:
-                    r.frames.append(frame)
-            yield r
-        finally:
-            self.reservations.discard(r)
-            for frame in r.frames:
-                self.physmem.free_frame(frame)
-            if r.frames and self.mem_waiters:
-                self.mem_cv.notify_all()
-            r.frames.clear()
-
-    def pool_room(self, entries: int = 0, objects: int = 0) -> bool:
-        """Grow pools so they hold `entries` map entries and `objects`
-        objects more; False when memory is short (nothing is waited for)."""
-        for pool, need in ((self.pooltab["vm_map_entry"], entries), (self.pooltab["vm_object"], objects)):
-            while pool.room() < need:
-                if not pool.grow(self.in_pagedaemon()):
-                    return False
-        return True
-
-    def pool_prime(self, entries: int = 0, objects: int = 0) -> None:
-        """pool_room, waiting for memory (OutOfMemory after oom_timeout).
-        Called at the start of an operation, before it changes anything."""
-        deadline = None
-        while not self.pool_room(entries, objects):
-            deadline = self.memwait(deadline)
 
     def _drain_pools(self) -> int:
         freed = sum(p.drain() for p in self.pooltab.values())
@@ -474,12 +375,12 @@ class Kernel:
             vmap = parent._live()
             wired = sum(e.npages for e in vmap.entries() if e.wired_count and e.inheritance == INHERIT_COPY)
             need = wired + (0 if self.uarea_cache else USPACE // PAGE_SIZE)
-            with self.reserve(need) as resv:
+            with reserve(self, need) as resv:
                 vmap = parent._live()  # it may have exited while we slept
                 uarea = self._uarea_alloc(resv)
                 try:
                     n = vmap.tree.count
-                    self.pool_prime(entries=n + 1, objects=n + 1)
+                    pool_prime(self, entries=n + 1, objects=n + 1)
                     vmap = parent._live()
                     child_map = vmspace_fork(self, vmap, name or parent.name, resv)
                 except BaseException:
@@ -522,7 +423,7 @@ class Kernel:
         if size <= 0 or size >= VM_MAX_KERNEL_ADDRESS - VM_MIN_KERNEL_ADDRESS:
             raise einval(f"bad object size {size}")
         with self.gate:
-            self.pool_prime(objects=1)
+            pool_prime(self, objects=1)
             obj = vm_object.allocate(self, (size + PAGE_SIZE - 1) >> PAGE_SHIFT)
             obj.handles = 1
             return obj
@@ -589,49 +490,14 @@ class Kernel:
     # -- counters and inspection ------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
+        """The kernel's counters (uvmexp names; see inspect.stats)."""
         with self.gate:
-            pm = self.physmem
-            limit = pm.limit
-            npages = limit // PAGE_SIZE if limit is not None else pm.total_frames
-            out = {
-                "pagesize": PAGE_SIZE,
-                "npages": npages,
-                "free": max(0, npages - pm.frames_in_use) if limit is not None else len(pm.free_frames),
-                "active": len(self.queues.active),
-                "inactive": len(self.queues.inactive),
-                "wired": self.queues.wired + sum(p.npages for p in self.pooltab.values()),
-                "swpages": self.swap.nslots if self.swap else 0,
-                "swpginuse": self.swap.inuse if self.swap else 0,
-                "resident": pm.resident,
-                "memlimit": limit or 0,
-                "kmem_charged": pm.charged,
-                "objects": len(self.objtab),
-                "procs": len(self.proctab),
-                "referenced": sum(1 for q in (self.queues.active, self.queues.inactive)
-                                  for p in q if p.referenced),
-            }
-            out.update({f.name: getattr(self.uvmexp, f.name) for f in fields(Counters)})
-            return out
+            return inspect.stats(self)
 
     def meminfo(self) -> dict[str, int]:
-        """/proc/meminfo fields, in bytes."""
-        s = self.stats()
-        total = s["npages"] * PAGE_SIZE
-        free = s["free"] * PAGE_SIZE if self.physmem.limit is not None else max(0, total - s["resident"])
+        """/proc/meminfo fields, in bytes (one consistent snapshot)."""
         with self.gate:
-            dirty = sum(1 for q in (self.queues.active, self.queues.inactive) for p in q if p.dirty)
-            anon = sum(len(o.pages) for o in self.objtab.values() if o.type == "anon")
-        swap_total = s["swpages"] * PAGE_SIZE
-        return {
-            "MemTotal": total, "MemFree": free,
-            "MemAvailable": free + s["inactive"] * PAGE_SIZE,
-            "Active": s["active"] * PAGE_SIZE, "Inactive": s["inactive"] * PAGE_SIZE,
-            "Active(anon)": s["active"] * PAGE_SIZE, "Inactive(anon)": s["inactive"] * PAGE_SIZE,
-            "Unevictable": s["wired"] * PAGE_SIZE, "Mlocked": self.wired_user_pages * PAGE_SIZE,
-            "SwapTotal": swap_total, "SwapFree": swap_total - s["swpginuse"] * PAGE_SIZE,
-            "Dirty": dirty * PAGE_SIZE, "AnonPages": anon * PAGE_SIZE,
-            "KernelAlloc": s["kmem_charged"] + s["wired"] * PAGE_SIZE,
-        }
+            return inspect.meminfo(self)
 
     def swaps(self) -> list[SwapInfo]:
         with self.gate:
@@ -668,4 +534,5 @@ class Kernel:
         return handle
 
     def __repr__(self) -> str:
-        return f"<rumpvm.Kernel memlimit={format_size(self.memlimit)} procs={len(self.proctab)}>"
+        state = "closed" if self.closed else f"procs={len(self.proctab)}"
+        return f"<rumpvm.Kernel memlimit={format_size(self.physmem.limit)} {state}>"

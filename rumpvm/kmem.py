@@ -25,7 +25,8 @@ Lock: the kernel lock, taken through `k.gate` by each public function here
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import hypercall
 
@@ -33,6 +34,7 @@ from .constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PROT_ALL, PROT_READ, PR
 from .errors import OutOfMemory, VMError
 from .fault import vm_fault
 from .map import VMMap, VMMapEntry
+from .physmem import memwait, pool_prime, pool_room
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -49,7 +51,7 @@ def _round(size: int) -> int:
 
 
 class Kmem:
-    def __init__(self, k: "Kernel", kernel_map: VMMap) -> None:
+    def __init__(self, k: Kernel, kernel_map: VMMap) -> None:
         self.k = k
         self.kernel_map = kernel_map
         self.submaps: list[VMMap] = []
@@ -75,7 +77,7 @@ class Kmem:
         k = self.k
         size = _round(size)
         with k.gate:
-            k.pool_prime(entries=1)
+            pool_prime(k, entries=1)
             addr = parent.find_space(parent.min, size)
             if addr is None:
                 raise VMError(errno.ENOMEM, f"no space for submap {name}")
@@ -96,13 +98,13 @@ class Kmem:
             return self.alloc_locked(vmap, size, name, wait)
 
     def alloc_locked(self, vmap: VMMap, size: int, name: str = "kmem", wait: bool = True,
-                     resv: "Reservation | None" = None) -> int:
+                     resv: Reservation | None = None) -> int:
         """kmem_alloc with the kernel lock held; new pages come from `resv`
         while it has frames."""
         k = self.k
         if wait:
-            k.pool_prime(entries=1)
-        elif not k.pool_room(entries=1):
+            pool_prime(k, entries=1)
+        elif not pool_room(k, entries=1):
             return 0
         e = self._insert(vmap, size, name)
         if e is None:
@@ -125,7 +127,7 @@ class Kmem:
         k = self.k
         size = _round(size)
         with k.gate:
-            k.pool_prime(entries=1)
+            pool_prime(k, entries=1)
             e = self._insert(vmap, size, name)
             if e is None:
                 raise VMError(errno.ENOMEM, f"{vmap.name}: no space for {size} bytes")
@@ -152,12 +154,11 @@ class Kmem:
             raise VMError(errno.ENOMEM, f"{size} bytes can never fit in {vmap.name}")
         with k.gate:
             while True:
-                k.pool_prime(entries=1)
+                pool_prime(k, entries=1)
                 e = self._insert(vmap, size, "wait")
                 if e is not None:
                     return e.start
-                vmap.space_cv.wait()
-                k.check_open()
+                vmap.space_wait()
 
     def free_wakeup(self, vmap: VMMap, addr: int, size: int) -> None:
         """kmem_free_wakeup: free and wake sleepers of kmem_alloc_wait."""
@@ -177,7 +178,7 @@ class Kmem:
             while not k.physmem.charge(size):
                 if not wait:
                     return 0
-                deadline = k.memwait(deadline)
+                deadline = memwait(k, deadline)
             try:
                 arena = hypercall.anonmmap(size, align.bit_length() - 1)
             except OSError:
@@ -198,18 +199,17 @@ class Kmem:
 
     # -- pager map ------------------------------------------------------------------
 
-    def pagermapin(self, pages: Sequence["VMPage"]) -> int:
+    def pagermapin(self, pages: Sequence[VMPage]) -> int:
         """Map `pages` contiguously into pager_map; returns the address."""
         k = self.k
         vmap = k.pager_map
         size = len(pages) * PAGE_SIZE
         with k.gate:
-            k.pool_prime(entries=1)
+            pool_prime(k, entries=1)
             addr = vmap.find_space(vmap.min, size)
             while addr is None:
-                vmap.space_cv.wait()
-                k.check_open()
-                k.pool_prime(entries=1)
+                vmap.space_wait()
+                pool_prime(k, entries=1)
                 addr = vmap.find_space(vmap.min, size)
             vmap.insert(VMMapEntry(addr, addr + size, None, 0, PROT_READ | PROT_WRITE, PROT_ALL, name="pager"))
             for i, page in enumerate(pages):

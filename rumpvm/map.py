@@ -24,17 +24,32 @@ from __future__ import annotations
 
 import errno
 import threading
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, cast
 
 from . import object as vm_object
-from .constants import (INHERIT_COPY, MADV_AUTOSYNC, MADV_CORE, MADV_DONTNEED, MADV_FREE,
-                        MADV_NOCORE, MADV_NORMAL, MADV_NOSYNC, MADV_RANDOM, MADV_SEQUENTIAL,
-                        MADV_WILLNEED, PAGE_SHIFT, PAGE_SIZE, PROT_ALL, PROT_READ, PROT_WRITE)
+from .constants import (
+    INHERIT_COPY,
+    MADV_AUTOSYNC,
+    MADV_CORE,
+    MADV_DONTNEED,
+    MADV_FREE,
+    MADV_NOCORE,
+    MADV_NORMAL,
+    MADV_NOSYNC,
+    MADV_RANDOM,
+    MADV_SEQUENTIAL,
+    MADV_WILLNEED,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PROT_ALL,
+    PROT_READ,
+    PROT_WRITE,
+)
 from .errors import VMError
 from .map_tree import EntryTree, TreeNode
-from .pmap import Pmap
-
 from .page import INACTIVE
+from .pmap import Pmap
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -47,7 +62,7 @@ class VMMapEntry(TreeNode):
     __slots__ = ("obj", "offset", "prot", "max_prot", "inheritance", "needs_copy",
                  "shared", "wired_count", "advice", "submap", "name", "nocore", "nosync")
 
-    def __init__(self, start: int, end: int, obj: "VMObject | None" = None, offset: int = 0,
+    def __init__(self, start: int, end: int, obj: VMObject | None = None, offset: int = 0,
                  prot: int = PROT_READ | PROT_WRITE, max_prot: int = PROT_ALL,
                  inheritance: int = INHERIT_COPY, shared: bool = False, name: str = "") -> None:
         super().__init__(start, end)
@@ -72,7 +87,7 @@ class VMMapEntry(TreeNode):
     def pindex(self, va: int) -> int:
         return (va - self.start + self.offset) >> PAGE_SHIFT
 
-    def copy(self, start: int | None = None, end: int | None = None) -> "VMMapEntry":
+    def copy(self, start: int | None = None, end: int | None = None) -> VMMapEntry:
         """A copy of this entry (attributes, object and offset; no references
         taken), optionally for the part [start, end)."""
         s = self.start if start is None else start
@@ -86,7 +101,7 @@ class VMMapEntry(TreeNode):
         new.nosync = self.nosync
         return new
 
-    def set_object(self, obj: "VMObject | None", offset: int = 0) -> None:
+    def set_object(self, obj: VMObject | None, offset: int = 0) -> None:
         """Point a linked entry at `obj` (references are the caller's)."""
         if self.obj is not None:
             self.obj.mappings.discard(self)
@@ -95,7 +110,7 @@ class VMMapEntry(TreeNode):
         if obj is not None:
             obj.mappings.add(self)
 
-    def same_attrs(self, other: "VMMapEntry") -> bool:
+    def same_attrs(self, other: VMMapEntry) -> bool:
         return (self.prot == other.prot and self.max_prot == other.max_prot
                 and self.inheritance == other.inheritance and self.needs_copy == other.needs_copy
                 and self.shared == other.shared and self.wired_count == other.wired_count
@@ -112,7 +127,7 @@ class VMMapEntry(TreeNode):
 class VMMap:
     """An address map: the entry tree, its pmap, and its bounds."""
 
-    def __init__(self, kernel: "Kernel", min_addr: int, max_addr: int, name: str = "",
+    def __init__(self, kernel: Kernel, min_addr: int, max_addr: int, name: str = "",
                  pmap: Pmap | None = None) -> None:
         self.kernel = kernel
         self.min = min_addr
@@ -125,9 +140,21 @@ class VMMap:
         self.user = min_addr < 1 << 47
         # Pages held wired by wired entries, by vpn (vm_fault_unwire's
         # pmap_extract, kept explicitly so protection changes cannot lose them).
-        self.wired: dict[int, "VMPage"] = {}
+        self.wired: dict[int, VMPage] = {}
         # Sleepers in kmem_alloc_wait wait here for kmem_free_wakeup.
         self.space_cv = threading.Condition(kernel.lock)
+        self.space_waiters = 0
+
+    def space_wait(self) -> None:
+        """Sleep until an entry of this map is deleted (kmem_alloc_wait);
+        ESHUTDOWN if the kernel closes meanwhile.  Lock held."""
+        self.space_waiters += 1
+        self.kernel.lockdrops += 1
+        try:
+            self.space_cv.wait()
+        finally:
+            self.space_waiters -= 1
+        self.kernel.check_open()
 
     # -- lookup ---------------------------------------------------------------
 
@@ -192,7 +219,7 @@ class VMMap:
         self._link(self.tree.lookup(entry.start), entry)
         return self.simplify_entry(entry)
 
-    def _link(self, prev: VMMapEntry, entry: VMMapEntry) -> None:
+    def _link(self, prev: TreeNode, entry: VMMapEntry) -> None:
         self.kernel.pooltab["vm_map_entry"].get()
         self.tree.insert_after(prev, entry)
         self.size += entry.end - entry.start
@@ -244,18 +271,19 @@ class VMMap:
     def simplify_entry(self, entry: VMMapEntry) -> VMMapEntry:
         """Merge `entry` with neighbours that map contiguously with identical
         attributes.  Returns the surviving entry."""
-        for neighbour in (entry.prev, entry.next):
-            if neighbour is self.header:
+        for node in (entry.prev, entry.next):
+            if node is self.header:
                 continue
+            neighbour = cast(VMMapEntry, node)
             lo, hi = (neighbour, entry) if neighbour is entry.prev else (entry, neighbour)
-            if lo.end != hi.start or lo.obj is not hi.obj or not lo.same_attrs(hi):  # type: ignore[union-attr]
+            if lo.end != hi.start or lo.obj is not hi.obj or not lo.same_attrs(hi):
                 continue
-            if lo.obj is not None and lo.offset + (lo.end - lo.start) != hi.offset:  # type: ignore[union-attr]
+            if lo.obj is not None and lo.offset + (lo.end - lo.start) != hi.offset:
                 continue
             # Keep `entry`, absorb the neighbour.
-            self._unlink(neighbour)  # type: ignore[arg-type]
+            self._unlink(neighbour)
             if neighbour is lo:
-                entry.offset = lo.offset  # type: ignore[union-attr]
+                entry.offset = lo.offset
                 entry.start = lo.start
             else:
                 entry.end = hi.end
@@ -376,7 +404,7 @@ class VMMap:
                 if page is not None or slot is not None:
                     vm_fault(self.kernel, self, va, PROT_READ)
 
-    def wire(self, start: int, end: int, resv: "Reservation | None" = None) -> None:
+    def wire(self, start: int, end: int, resv: Reservation | None = None) -> None:
         """vm_map_wire: wire every entry of the mapped range and fault its
         pages in (taking frames from `resv`).  On failure everything this
         call wired is unwired again and the entries merged back."""

@@ -26,16 +26,18 @@ Invariants (checked by `check`): BST order, heap order of priorities,
 from __future__ import annotations
 
 import random
-from typing import Iterator, Optional, Protocol
+from collections.abc import Iterator
+from itertools import pairwise
+from typing import Protocol
 
 
 class Node(Protocol):
     start: int
     end: int
-    left: Optional["Node"]
-    right: Optional["Node"]
-    prev: "Node"
-    next: "Node"
+    left: Node | None
+    right: Node | None
+    prev: Node
+    next: Node
     prio: float
     adj_free: int
     max_free: int
@@ -210,13 +212,13 @@ class EntryTree:
 
     @staticmethod
     def _rotate_right(t: TreeNode) -> TreeNode:
-        l = t.left
-        assert l is not None
-        t.left = l.right
-        l.right = t
+        left = t.left
+        assert left is not None
+        t.left = left.right
+        left.right = t
         _update(t)
-        _update(l)
-        return l
+        _update(left)
+        return left
 
     @staticmethod
     def _rotate_left(t: TreeNode) -> TreeNode:
@@ -253,7 +255,7 @@ class EntryTree:
         listed = [self.header, *self]
         if [id(x) for x in inorder] != [id(x) for x in listed]:
             errors.append("tree order differs from list order")
-        for a, b in zip(listed, listed[1:]):
+        for a, b in pairwise(listed):
             if b.start < a.end:
                 errors.append(f"entries overlap: {a.start:#x}-{a.end:#x} and {b.start:#x}-{b.end:#x}")
         for n in listed:

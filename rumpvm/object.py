@@ -25,9 +25,11 @@ len(shadows) + handles; every page and slot lies inside `reached` (check.py).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from .constants import PAGE_SHIFT
+from .physmem import page_free, swap_free
 from .pmap import page_remove_all
 
 if TYPE_CHECKING:
@@ -40,14 +42,14 @@ class VMObject:
     __slots__ = ("id", "type", "size", "ref_count", "handles", "pages", "swap", "mappings",
                  "backing", "backing_offset", "shadows", "pip", "dead", "kernel", "last_pagein")
 
-    def __init__(self, kernel: "Kernel", oid: int, size: int, type_: str = "anon") -> None:
+    def __init__(self, kernel: Kernel, oid: int, size: int, type_: str = "anon") -> None:
         self.kernel = kernel
         self.id = oid
         self.type = type_
         self.size = size
         self.ref_count = 1
         self.handles = 0
-        self.pages: dict[int, "VMPage"] = {}
+        self.pages: dict[int, VMPage] = {}
         self.swap: dict[int, int] = {}
         self.mappings: set[VMMapEntry] = set()  # linked map entries whose obj is this
         self.backing: VMObject | None = None
@@ -67,14 +69,8 @@ class VMObject:
     def pindex_bound_errors(self) -> bool:
         return any(not 0 <= i < self.size for i in self.pages) or any(not 0 <= i < self.size for i in self.swap)
 
-    def chain_length(self) -> int:
-        n, o = 0, self
-        while o is not None:
-            n, o = n + 1, o.backing
-        return n
 
-
-def allocate(k: "Kernel", size: int, type_: str = "anon") -> VMObject:
+def allocate(k: Kernel, size: int, type_: str = "anon") -> VMObject:
     """A new object of `size` pages with one reference.  Requires the lock;
     the caller has primed the object pool."""
     k.pooltab["vm_object"].get()
@@ -83,7 +79,7 @@ def allocate(k: "Kernel", size: int, type_: str = "anon") -> VMObject:
     return obj
 
 
-def shadow(k: "Kernel", source: VMObject, offset: int, size: int) -> VMObject:
+def shadow(k: Kernel, source: VMObject, offset: int, size: int) -> VMObject:
     """A new object of `size` pages in front of `source` at page `offset`.
 
     The caller's reference to `source` passes to the new shadow.
@@ -95,7 +91,7 @@ def shadow(k: "Kernel", source: VMObject, offset: int, size: int) -> VMObject:
     return obj
 
 
-def deallocate(k: "Kernel", obj: VMObject | None) -> None:
+def deallocate(k: Kernel, obj: VMObject | None) -> None:
     """Drop one reference; terminate the object (and walk down its chain)
     when the last one goes."""
     while obj is not None:
@@ -114,7 +110,7 @@ def deallocate(k: "Kernel", obj: VMObject | None) -> None:
         obj = backing
 
 
-def _terminate(k: "Kernel", obj: VMObject) -> VMObject | None:
+def _terminate(k: Kernel, obj: VMObject) -> VMObject | None:
     """Free an unreferenced object's pages and swap; returns its backing
     object, whose reference the caller must drop."""
     page_remove(k, obj, 0, None)
@@ -128,27 +124,27 @@ def _terminate(k: "Kernel", obj: VMObject) -> VMObject | None:
     return backing
 
 
-def keys_in(d: dict[int, object], start: int, end: int | None) -> list[int]:
+def keys_in(d: Mapping[int, object], start: int, end: int | None) -> list[int]:
     """The keys of `d` in [start, end), walking the smaller of the two."""
     if end is not None and end - start <= len(d):
         return [i for i in range(start, end) if i in d]
     return [i for i in d if start <= i and (end is None or i < end)]
 
 
-def page_remove(k: "Kernel", obj: VMObject, start: int, end: int | None) -> None:
+def page_remove(k: Kernel, obj: VMObject, start: int, end: int | None) -> None:
     """Free the pages and swap slots of `obj` in [start, end) (end None: all).
     A busy page is disowned and marked released; its I/O completion frees it.
     Requires the kernel lock."""
-    for pindex in keys_in(obj.pages, start, end):  # type: ignore[arg-type]
+    for pindex in keys_in(obj.pages, start, end):
         page = obj.pages.pop(pindex)
         page_remove_all(page)
         page.obj = None
         if page.busy:
             page.released = True
         else:
-            k.page_free(page)
-    for pindex in keys_in(obj.swap, start, end):  # type: ignore[arg-type]
-        k.swap_free(obj.swap.pop(pindex))
+            page_free(k, page)
+    for pindex in keys_in(obj.swap, start, end):
+        swap_free(k, obj.swap.pop(pindex))
 
 
 Ranges = list[tuple[int, int]]
@@ -165,7 +161,7 @@ def _merge(ranges: Ranges) -> Ranges:
     return out
 
 
-def reached(obj: VMObject, exclude: "VMMapEntry | None" = None) -> Ranges:
+def reached(obj: VMObject, exclude: VMMapEntry | None = None) -> Ranges:
     """The pindex ranges of `obj` that a mapping (other than `exclude`), a
     shadow, or a handle can still reach, merged and sorted.  Requires the
     kernel lock."""
@@ -182,7 +178,7 @@ def reached(obj: VMObject, exclude: "VMMapEntry | None" = None) -> Ranges:
     return _merge(out)
 
 
-def unreached(obj: VMObject, start: int, end: int, exclude: "VMMapEntry | None" = None) -> Ranges:
+def unreached(obj: VMObject, start: int, end: int, exclude: VMMapEntry | None = None) -> Ranges:
     """The parts of [start, end) of `obj` that nothing but `exclude` reaches."""
     holes: Ranges = []
     pos = start
@@ -199,7 +195,7 @@ def unreached(obj: VMObject, start: int, end: int, exclude: "VMMapEntry | None" 
     return holes
 
 
-def release(k: "Kernel", obj: VMObject | None, start: int, end: int) -> None:
+def release(k: Kernel, obj: VMObject | None, start: int, end: int) -> None:
     """A mapping of [start, end) of `obj` went away: free the pages and slots
     there that nothing reaches any more, in `obj` and down its backing chain.
     Requires the kernel lock; the mapping is already unlinked."""
@@ -211,7 +207,7 @@ def release(k: "Kernel", obj: VMObject | None, start: int, end: int) -> None:
         obj = obj.backing
 
 
-def collapse(k: "Kernel", obj: VMObject) -> None:
+def collapse(k: Kernel, obj: VMObject) -> None:
     """Merge backing objects referenced only by `obj` into `obj`."""
     while True:
         b = obj.backing
@@ -226,13 +222,13 @@ def collapse(k: "Kernel", obj: VMObject) -> None:
                 obj.pages[new] = page
             else:
                 page_remove_all(page)
-                k.page_free(page)
+                page_free(k, page)
         for pindex, slot in b.swap.items():
             new = pindex - off
             if 0 <= new < obj.size and new not in obj.pages and new not in obj.swap:
                 obj.swap[new] = slot
             else:
-                k.swap_free(slot)
+                swap_free(k, slot)
         b.pages.clear()
         b.swap.clear()
         obj.backing = b.backing
@@ -249,7 +245,7 @@ def collapse(k: "Kernel", obj: VMObject) -> None:
         k.uvmexp.collapses += 1
 
 
-def lookup(obj: VMObject, pindex: int) -> tuple[VMObject, int, "VMPage | None", int | None]:
+def lookup(obj: VMObject, pindex: int) -> tuple[VMObject, int, VMPage | None, int | None]:
     """Walk the chain from `obj` for `pindex`: (object, pindex there, page,
     swap slot) of the first object that has it, or the last object with
     page and slot None when no object does."""

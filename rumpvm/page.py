@@ -37,7 +37,7 @@ class VMPage:
         "referenced", "wire_count", "queue", "pv",
     )
 
-    def __init__(self, obj: "VMObject | None", pindex: int, frame: int,
+    def __init__(self, obj: VMObject | None, pindex: int, frame: int,
                  addr: int, buf: memoryview, off: int) -> None:
         self.obj = obj
         self.pindex = pindex
@@ -53,7 +53,7 @@ class VMPage:
         self.referenced = False
         self.wire_count = 0
         self.queue = 0
-        self.pv: set[tuple["Pmap", int]] = set()
+        self.pv: set[tuple[Pmap, int]] = set()
 
     @property
     def flags(self) -> str:

@@ -1,7 +1,7 @@
 """The pagedaemon (uvm_pageout): the thread that frees memory.
 
 It sleeps on `cv` until woken — by an allocation that left fewer than
-`freemin` pages free, by a thread waiting for memory (`Kernel.memwait`), or
+`freemin` pages free, by a thread waiting for memory (`physmem.memwait`), or
 by a lowered limit — and then scans until `freetarg` pages are free again:
 it drains the kernel pools through the registered reclaim callbacks, asks
 the replacement policy for candidates, frees clean pages whose swap copy is
@@ -28,12 +28,13 @@ import errno
 import logging
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .constants import PAGE_SIZE
 from .errors import VMError
 from .page import ACTIVE, VMPage
-from .physmem import PDRESERVE_PAGES
+from .physmem import PDRESERVE_PAGES, page_free, swap_free
 from .pmap import page_remove_all
 from .policy import POLICIES, Policy
 
@@ -47,7 +48,7 @@ CLUSTER_MAX = 64  # pages per pageout write
 
 
 class Pagedaemon:
-    def __init__(self, k: "Kernel", policy: str) -> None:
+    def __init__(self, k: Kernel, policy: str) -> None:
         self.k = k
         self.cv = threading.Condition(k.lock)
         self._policy = self._make_policy(policy)
@@ -128,10 +129,10 @@ class Pagedaemon:
         """The limit changed from `old` to `new`: default knobs follow it;
         knobs set by hand are kept while still valid (freetarg below the
         limit's pages), else scaled with the limit (lock held)."""
-        pages = new // PAGE_SIZE if new is not None else None
-        if self.tuned and (pages is None or self._freetarg < pages):
+        if self.tuned and (new is None or self._freetarg < new // PAGE_SIZE):
             return
-        if self.tuned and old is not None and pages is not None:
+        if self.tuned and old is not None and new is not None:
+            pages = new // PAGE_SIZE
             self._freetarg = max(1, min(self._freetarg * new // old, pages - 1))
             self._freemin = min(self._freemin * new // old, self._freetarg)
         else:
@@ -228,7 +229,7 @@ class Pagedaemon:
             assert obj is not None
             if not page.dirty and page.pindex in obj.swap:
                 page_remove_all(page)
-                k.page_free(page)
+                page_free(k, page)
                 k.uvmexp.pdfreed += 1
                 short -= 1
             elif k.swap is not None and (k.swap.inuse < k.swap.nslots or page.pindex in obj.swap):
@@ -250,7 +251,7 @@ class Pagedaemon:
         self.flush(batch)
         return drained
 
-    def flush(self, batch: list[tuple[VMPage, "VMObject"]]) -> None:
+    def flush(self, batch: list[tuple[VMPage, VMObject]]) -> None:
         """Write busy pages to swap in clusters of consecutive pages of one
         object, and free them.  `batch` pairs each page with the object that
         owned it when it was made busy (the page may be disowned meanwhile:
@@ -272,7 +273,7 @@ class Pagedaemon:
                 for p, _ in batch[i:j]:  # a re-dirtied page gets a fresh slot
                     old = obj.swap.pop(p.pindex, None)
                     if old is not None:
-                        k.swap_free(old)
+                        swap_free(k, old)
                 got = k.swap.alloc(j - i)  # type: ignore[union-attr]
                 if got is None:
                     break
@@ -283,7 +284,7 @@ class Pagedaemon:
             for page, obj in batch[i:]:  # swap full, or an error: give them back
                 self._finish(page, obj, None)
 
-    def _write(self, first: int, run: list[tuple[VMPage, "VMObject"]]) -> None:
+    def _write(self, first: int, run: list[tuple[VMPage, VMObject]]) -> None:
         k = self.k
         swap = k.swap
         assert swap is not None
@@ -296,15 +297,15 @@ class Pagedaemon:
                 err = ex
         self.inflight.difference_update(range(first, first + len(run)))
         for n, (page, obj) in enumerate(run):
-            slot = first + n
             if err is not None or page.obj is not obj:
-                k.swap_free(slot)
-                slot = None
-            self._finish(page, obj, slot)
+                swap_free(k, first + n)
+                self._finish(page, obj, None)
+            else:
+                self._finish(page, obj, first + n)
         if err is not None:
             log.error("swap write failed: %s", err)
 
-    def _finish(self, page: VMPage, obj: "VMObject", slot: int | None) -> None:
+    def _finish(self, page: VMPage, obj: VMObject, slot: int | None) -> None:
         """End a page's pageout: with a slot, the page is clean on swap and
         freed; without, it goes back to the active queue (or is freed if its
         owner let go of it meanwhile)."""
@@ -316,10 +317,10 @@ class Pagedaemon:
             page.wanted = False
             k.page_cv.notify_all()
         if page.obj is not obj:
-            k.page_free(page)
+            page_free(k, page)
         elif slot is not None:
             obj.swap[page.pindex] = slot
-            k.page_free(page)
+            page_free(k, page)
             k.uvmexp.pageouts += 1
             k.uvmexp.pdfreed += 1
         else:
@@ -329,7 +330,7 @@ class Pagedaemon:
         k = self.k
         with k.gate:
             return {"state": self.state, "policy": self.policy, "freemin": self.freemin,
-                    "freetarg": self.freetarg, "free": k.free_pages(),
+                    "freetarg": self.freetarg, "free": min(k.physmem.avail_pages(), 1 << 31),
                     "wakeups": k.uvmexp.pdwoke, "scans": k.uvmexp.pdscans,
                     "pageouts": k.uvmexp.pageouts, "freed": k.uvmexp.pdfreed,
                     "reactivated": k.uvmexp.pdreact}
@@ -345,7 +346,7 @@ class _Control:
         self.stopping = False
 
 
-def _main(ref: "weakref.ref[Pagedaemon]", lock: Any, cv: threading.Condition,
+def _main(ref: weakref.ref[Pagedaemon], lock: Any, cv: threading.Condition,
           idle_cv: threading.Condition, ctl: _Control) -> None:
     """The pagedaemon thread.  It holds its Pagedaemon strongly only while
     serving a wake-up."""

@@ -1,4 +1,6 @@
-"""Physical memory: page frames carved from host arenas, and the memory limit.
+"""Physical memory: page frames carved from host arenas, the memory limit,
+and the page allocator on top of them (page_alloc/page_free, memory waits,
+reservations, pool priming).
 
 Frames come from `hypercall.anonmmap` arenas of ARENA_PAGES pages (never one
 host allocation per page); a frame number is `arena << ARENA_SHIFT | index`.
@@ -15,9 +17,21 @@ whenever the limit has not just been lowered below it.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
 import hypercall
 
 from .constants import PAGE_SHIFT, PAGE_SIZE
+from .errors import OutOfMemory
+from .page import ACTIVE, VMPage
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+    from .object import VMObject
 
 ARENA_SHIFT = 8
 ARENA_PAGES = 1 << ARENA_SHIFT
@@ -104,3 +118,114 @@ class PhysMem:
             hypercall.unmap(arena)
         self.arenas.clear()
         self.free_frames.clear()
+
+
+# -- the page allocator (kernel lock held by every caller) ---------------------
+
+
+def in_pagedaemon(k: Kernel) -> bool:
+    return threading.current_thread() is k.pagedaemon.thread
+
+
+def page_alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None = None) -> VMPage | None:
+    """A new page of `obj` at `pindex`, on the active queue, with a frame
+    from `resv` if it has one; None when memory is short (the caller
+    waits with memwait and retries).  Lock held."""
+    pm = k.physmem
+    frame = resv.frames.pop() if resv is not None and resv.frames else pm.alloc_frame(in_pagedaemon(k))
+    if frame is None:
+        return None
+    addr, buf, off = pm.frame_location(frame)
+    page = VMPage(obj, pindex, frame, addr, buf, off)
+    obj.pages[pindex] = page
+    k.queues.enqueue(page, ACTIVE)
+    if pm.limit is not None and pm.avail_pages() < k.pagedaemon.freemin:
+        k.pagedaemon.wake()
+    return page
+
+
+def page_free(k: Kernel, page: VMPage) -> None:
+    """Return a page's frame.  The page must have no translations."""
+    if page.wire_count:
+        page.wire_count = 1
+        k.queues.unwire(page)
+    k.queues.dequeue(page)
+    obj = page.obj
+    if obj is not None and obj.pages.get(page.pindex) is page:
+        del obj.pages[page.pindex]
+    page.obj = None
+    k.physmem.free_frame(page.frame)
+    k.pagedaemon.stalled = False
+    if k.mem_waiters:
+        k.mem_cv.notify_all()
+
+
+def swap_free(k: Kernel, slot: int) -> None:
+    assert k.swap is not None
+    k.swap.free(slot)
+
+
+def memwait(k: Kernel, deadline: float | None) -> float:
+    """Sleep until memory may be available (the lock is dropped); raise
+    OutOfMemory once `deadline` (set on the first call) has passed."""
+    now = time.monotonic()
+    if deadline is None:
+        deadline = now + k.oom_timeout
+        k.uvmexp.oomwaits += 1
+    k.check_open()
+    if now >= deadline or in_pagedaemon(k):
+        k.uvmexp.oomfails += 1
+        raise OutOfMemory(f"out of memory: nothing could be freed within {k.oom_timeout:g}s")
+    if not k.pagedaemon.stalled:
+        k.pagedaemon.wake()
+    k.mem_waiters += 1
+    k.lockdrops += 1
+    try:
+        k.mem_cv.wait(deadline - now)
+    finally:
+        k.mem_waiters -= 1
+    k.check_open()
+    return deadline
+
+
+@contextmanager
+def reserve(k: Kernel, npages: int) -> Iterator[Reservation]:
+    """Set `npages` frames aside for one operation, waiting for memory
+    (OutOfMemory after oom_timeout, with nothing kept); frames it did
+    not use are freed at the end.  Lock held."""
+    r = Reservation()
+    k.reservations.add(r)
+    try:
+        deadline = None
+        while len(r.frames) < npages:
+            frame = k.physmem.alloc_frame(in_pagedaemon(k))
+            if frame is None:
+                deadline = memwait(k, deadline)
+            else:
+                r.frames.append(frame)
+        yield r
+    finally:
+        k.reservations.discard(r)
+        for frame in r.frames:
+            k.physmem.free_frame(frame)
+        if r.frames and k.mem_waiters:
+            k.mem_cv.notify_all()
+        r.frames.clear()
+
+
+def pool_room(k: Kernel, entries: int = 0, objects: int = 0) -> bool:
+    """Grow pools so they hold `entries` map entries and `objects`
+    objects more; False when memory is short (nothing is waited for)."""
+    for pool, need in ((k.pooltab["vm_map_entry"], entries), (k.pooltab["vm_object"], objects)):
+        while pool.room() < need:
+            if not pool.grow(in_pagedaemon(k)):
+                return False
+    return True
+
+
+def pool_prime(k: Kernel, entries: int = 0, objects: int = 0) -> None:
+    """pool_room, waiting for memory (OutOfMemory after oom_timeout).
+    Called at the start of an operation, before it changes anything."""
+    deadline = None
+    while not pool_room(k, entries, objects):
+        deadline = memwait(k, deadline)

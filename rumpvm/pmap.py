@@ -24,10 +24,10 @@ class Pmap:
     __slots__ = ("rd", "wr", "__weakref__")
 
     def __init__(self) -> None:
-        self.rd: dict[int, "VMPage"] = {}
-        self.wr: dict[int, "VMPage"] = {}
+        self.rd: dict[int, VMPage] = {}
+        self.wr: dict[int, VMPage] = {}
 
-    def enter(self, vpn: int, page: "VMPage", writable: bool) -> None:
+    def enter(self, vpn: int, page: VMPage, writable: bool) -> None:
         old = self.rd.get(vpn)
         if old is not page:
             if old is not None:
@@ -78,7 +78,7 @@ class Pmap:
         self.wr.clear()
 
 
-def page_remove_all(page: "VMPage") -> None:
+def page_remove_all(page: VMPage) -> None:
     """Remove every translation of `page` (pmap_page_protect(VM_PROT_NONE))."""
     for pm, vpn in page.pv:
         del pm.rd[vpn]

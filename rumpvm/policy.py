@@ -21,7 +21,8 @@ policies pay nothing per access.  Lock: the kernel lock.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from .page import ACTIVE, INACTIVE, PageQueues, VMPage
 
@@ -36,14 +37,14 @@ class Policy:
         """A function the access path calls on every access, or None."""
         return None
 
-    def victims(self, k: "Kernel", want: int) -> Iterator[VMPage]:
+    def victims(self, k: Kernel, want: int) -> Iterator[VMPage]:
         """Candidate pages in eviction order.  The consumer removes each
         yielded page from its queue or moves it to the tail, so the
         generator always looks at the queue heads."""
         raise NotImplementedError
 
 
-def _heads(k: "Kernel", queue_names: tuple[str, ...]) -> Iterator[VMPage]:
+def _heads(k: Kernel, queue_names: tuple[str, ...]) -> Iterator[VMPage]:
     """Yield queue heads (inactive first) until each page was seen once."""
     q = k.queues
     for name in queue_names:
@@ -57,7 +58,7 @@ def _heads(k: "Kernel", queue_names: tuple[str, ...]) -> Iterator[VMPage]:
 class Clock(Policy):
     name = "clock"
 
-    def victims(self, k: "Kernel", want: int) -> Iterator[VMPage]:
+    def victims(self, k: Kernel, want: int) -> Iterator[VMPage]:
         q = k.queues
         # Two sweeps of the hand: when every page was referenced, the first
         # only clears the bits, and the second finds the pages to evict.
@@ -96,14 +97,14 @@ class LRU(Policy):
                 active.move_to_end(page)
         return touch
 
-    def victims(self, k: "Kernel", want: int) -> Iterator[VMPage]:
+    def victims(self, k: Kernel, want: int) -> Iterator[VMPage]:
         return _heads(k, ("inactive", "active"))
 
 
 class FIFO(Policy):
     name = "fifo"
 
-    def victims(self, k: "Kernel", want: int) -> Iterator[VMPage]:
+    def victims(self, k: Kernel, want: int) -> Iterator[VMPage]:
         return _heads(k, ("inactive", "active"))
 
 
@@ -113,7 +114,7 @@ class Random(Policy):
     def __init__(self, seed: int | None = None) -> None:
         self.rng = random.Random(seed)
 
-    def victims(self, k: "Kernel", want: int) -> Iterator[VMPage]:
+    def victims(self, k: Kernel, want: int) -> Iterator[VMPage]:
         pool = [*k.queues.inactive, *k.queues.active]
         self.rng.shuffle(pool)
         for page in pool:

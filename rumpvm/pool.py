@@ -2,7 +2,7 @@
 carved from whole page frames, so the bookkeeping counts against the limit.
 
 A pool holds `npages` frames and hands out `perpage` items from each.  The
-kernel primes a pool (`Kernel.pool_prime`) before an operation starts,
+kernel primes a pool (`physmem.pool_prime`) before an operation starts,
 sleeping for memory if needed, so `get` never fails or sleeps mid-operation.
 `drain` returns the frames that no item needs (the seed's `pool_drain`,
 called by the pagedaemon through its reclaim callbacks).

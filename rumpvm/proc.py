@@ -17,15 +17,35 @@ import errno
 from typing import TYPE_CHECKING
 
 from . import object as vm_object
-from .constants import (INHERIT_COPY, INHERIT_SHARE, INHERIT_VALID, MADV_VALID, MAP_ANON, MAP_FIXED,
-                        MAP_FLAGS_VALID, MAP_PRIVATE, MAP_SHARED, MS_ASYNC, MS_INVALIDATE, MS_SYNC,
-                        PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PROT_ALL, PROT_MAX, PROT_MAX_EXTRACT, PROT_READ,
-                        PROT_WRITE, VM_MAXUSER_ADDRESS, VM_MIN_ADDRESS)
+from .constants import (
+    INHERIT_COPY,
+    INHERIT_SHARE,
+    INHERIT_VALID,
+    MADV_VALID,
+    MAP_ANON,
+    MAP_FIXED,
+    MAP_FLAGS_VALID,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    MS_ASYNC,
+    MS_INVALIDATE,
+    MS_SYNC,
+    PAGE_MASK,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PROT_ALL,
+    PROT_MAX,
+    PROT_MAX_EXTRACT,
+    PROT_READ,
+    PROT_WRITE,
+    VM_MAXUSER_ADDRESS,
+    VM_MIN_ADDRESS,
+)
 from .errors import VMError, einval
 from .inspect import MapEntry, ProcStatus, SmapsInfo, entry_record, peek_map, peek_runs, smaps_record
 from .map import VMMap, VMMapEntry
+from .physmem import pool_prime, reserve
 from .uio import vm_read, vm_readinto, vm_write
-from .vmspace import vmspace_fork
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -70,7 +90,7 @@ def _prot(prot: object) -> tuple[int, int | None]:
 class Proc:
     """A process: an address space plus its u-area.  See DESIGN.md."""
 
-    def __init__(self, k: "Kernel", pid: int, ppid: int, name: str, vmspace: VMMap, uarea: int) -> None:
+    def __init__(self, k: Kernel, pid: int, ppid: int, name: str, vmspace: VMMap, uarea: int) -> None:
         self.kernel = k
         self.pid = pid
         self.ppid = ppid
@@ -96,7 +116,7 @@ class Proc:
     # -- mappings ---------------------------------------------------------------
 
     def mmap(self, length: int, prot: int = PROT_READ | PROT_WRITE, flags: int = MAP_PRIVATE | MAP_ANON,
-             addr: int = 0, obj: "VMObject | None" = None, offset: int = 0) -> int:
+             addr: int = 0, obj: VMObject | None = None, offset: int = 0) -> int:
         """Map `length` bytes; returns the address.  See DESIGN.md for flags."""
         n = _int("length", length)
         p, maxp = _prot(prot)
@@ -128,7 +148,7 @@ class Proc:
         k = self.kernel
         with k.gate:
             vmap = self._live()
-            k.pool_prime(entries=3, objects=3)
+            pool_prime(k, entries=3, objects=3)
             if f & MAP_FIXED:
                 start = a
             else:
@@ -139,6 +159,7 @@ class Proc:
                     raise VMError(errno.ENOMEM, f"no {size:#x}-byte hole in the address space")
                 start = a = found
             shared = bool(f & MAP_SHARED)
+            target: VMObject | None
             if obj is None and shared:
                 target = vm_object.allocate(k, size >> PAGE_SHIFT)
             else:
@@ -157,7 +178,7 @@ class Proc:
         start, end = _range(addr, length)
         with self.kernel.gate:
             vmap = self._live()
-            self.kernel.pool_prime(entries=2, objects=2)  # clipping both ends
+            pool_prime(self.kernel, entries=2, objects=2)  # clipping both ends
             vmap.delete(start, end)
 
     def mprotect(self, addr: int, length: int, prot: int) -> None:
@@ -165,7 +186,7 @@ class Proc:
         p, maxp = _prot(prot)
         with self.kernel.gate:
             vmap = self._live()
-            self.kernel.pool_prime(entries=2, objects=2)
+            pool_prime(self.kernel, entries=2, objects=2)
             if maxp is not None:
                 vmap.protect(start, end, maxp, set_max=True)
             vmap.protect(start, end, p, set_max=False)
@@ -177,7 +198,7 @@ class Proc:
             raise einval(f"bad inheritance {inh}")
         with self.kernel.gate:
             vmap = self._live()
-            self.kernel.pool_prime(entries=2, objects=2)
+            pool_prime(self.kernel, entries=2, objects=2)
             vmap.set_inheritance(start, end, inh)
 
     def madvise(self, addr: int, length: int, advice: int) -> None:
@@ -188,7 +209,7 @@ class Proc:
             raise einval(f"bad advice {adv}")
         with self.kernel.gate:
             vmap = self._live()
-            self.kernel.pool_prime(entries=2, objects=2)
+            pool_prime(self.kernel, entries=2, objects=2)
             vmap.madvise(start, end, adv)
 
     def mlock(self, addr: int, length: int) -> None:
@@ -208,9 +229,9 @@ class Proc:
             if k.wired_limit is not None and (k.wired_user_pages + new_pages) * PAGE_SIZE > k.wired_limit:
                 raise VMError(errno.ENOMEM, f"mlock of {new_pages} pages exceeds the wired limit"
                                             f" ({k.wired_limit} bytes)")
-            with k.reserve(self._wire_frames(ents, start, end)) as resv:
+            with reserve(k, self._wire_frames(ents, start, end)) as resv:
                 vmap = self._live()
-                k.pool_prime(entries=2, objects=2 + 2 * len(ents))
+                pool_prime(k, entries=2, objects=2 + 2 * len(ents))
                 vmap.wire(start, end, resv)
 
     @staticmethod
@@ -238,7 +259,7 @@ class Proc:
         with k.gate:
             vmap = self._live()
             vmap.require_mapped(start, end)
-            k.pool_prime(entries=2, objects=2)
+            pool_prime(k, entries=2, objects=2)
             vmap.unwire(start, end)
 
     def msync(self, addr: int, length: int, flags: int = MS_SYNC) -> None:
@@ -333,7 +354,7 @@ class Proc:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    def fork(self, name: str | None = None) -> "Proc":
+    def fork(self, name: str | None = None) -> Proc:
         """A child whose address space follows each entry's inheritance."""
         return self.kernel._fork(self, name)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import errno
 from array import array
-from typing import Sequence
+from collections.abc import Sequence
 
 import hypercall
 

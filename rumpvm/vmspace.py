@@ -17,34 +17,35 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import object as vm_object
 import hypercall
 
+from . import object as vm_object
 from .constants import INHERIT_NONE, INHERIT_SHARE, PAGE_SHIFT, VM_MAXUSER_ADDRESS, VM_MIN_ADDRESS
 from .map import VMMap, VMMapEntry
+from .physmem import page_alloc
 
 if TYPE_CHECKING:
     from .kernel import Kernel
     from .physmem import Reservation
 
 
-def vmspace_alloc(k: "Kernel", name: str) -> VMMap:
+def vmspace_alloc(k: Kernel, name: str) -> VMMap:
     return VMMap(k, VM_MIN_ADDRESS, VM_MAXUSER_ADDRESS, name)
 
 
-def _copy_wired(k: "Kernel", old: VMMap, d: VMMapEntry, resv: "Reservation") -> None:
+def _copy_wired(k: Kernel, old: VMMap, d: VMMapEntry, resv: Reservation) -> None:
     """vm_fault_copy_entry: give the child its own copy of wired memory, in
     frames the caller reserved (the copy never sleeps)."""
     assert d.obj is not None
     for i, vpn in enumerate(range(d.start >> PAGE_SHIFT, d.end >> PAGE_SHIFT)):
         src = old.wired.get(vpn)
         if src is not None:
-            page = k.page_alloc(d.obj, i, resv)
+            page = page_alloc(k, d.obj, i, resv)
             assert page is not None, "fork: wired copy beyond its reservation"
             hypercall.page_copy(page.addr, src.addr)
 
 
-def vmspace_fork(k: "Kernel", old: VMMap, name: str, resv: "Reservation") -> VMMap:
+def vmspace_fork(k: Kernel, old: VMMap, name: str, resv: Reservation) -> VMMap:
     """Copy `old` per inheritance.  Requires the lock, primed pools, and
     frames in `resv` for every page of wired INHERIT_COPY entries; never
     sleeps, so no half-built map is ever visible."""
@@ -62,6 +63,7 @@ def vmspace_fork(k: "Kernel", old: VMMap, name: str, resv: "Reservation") -> VMM
                 e.set_object(vm_object.shadow(k, e.obj, e.offset >> PAGE_SHIFT, e.npages), 0)
                 e.needs_copy = False
                 old.pmap.write_protect(e.start >> PAGE_SHIFT, e.end >> PAGE_SHIFT)
+            assert e.obj is not None
             e.obj.ref_count += 1
             d = e.copy()
         elif e.wired_count:

@@ -1,12 +1,16 @@
 """Test helpers for real /vm mounts: mount in a temporary directory, always unmount.
 
 `mounted(kernel, directory)` serves the kernel's /vm in a thread of the test
-process (`mountd.mount_in_thread`), waits until the mount point answers as
-our root (inode 1), and unmounts at the end even when the test fails;
-afterwards it checks that nothing is left mounted there.  pyfuse3 allows
-one session per process, so tests mount one at a time.  mountd (with trio
-and pyfuse3) is imported only by the functions that mount, so that reader
-subprocesses can import the format checks quickly.
+process (`mountd.mount_in_thread`, which returns once the mount is live:
+no waiting, the mount point is checked to be our root at once), and
+unmounts at the end even when the test fails (`unmount()` returns once the
+server thread has ended and unmounted): then nothing may be left mounted
+there.  `wait_live`/`wait_unmounted` are for mounts made by another
+process, whose progress no event of ours announces: they poll the mount
+table with a deadline.  pyfuse3 allows one session per process, so tests
+mount one at a time.  mountd (with trio and pyfuse3) is imported only by
+the functions that mount, so that reader subprocesses can import the format
+checks quickly.
 
 `run(*argv)` runs a real tool (cat, dd, stat, ...) on the mount with a
 timeout, so a hung FUSE request fails the test instead of hanging the run.
@@ -29,31 +33,41 @@ from typing import Any
 TOOL_TIMEOUT = 20.0
 
 
-def wait_live(path: Path, timeout: float = 5.0) -> None:
-    """Wait until `path` is the root of a live rumpvm mount (inode 1)."""
+POLL = 0.01  # seconds between looks at another process's mount; not a result
+
+
+def is_live(path: Path) -> bool:
+    """Is `path` a mount point whose root answers as a rumpvm root (inode 1)?
+    (A stat of a mount whose server has not started reading yet waits in
+    the kernel until it answers; a dead mount fails with ENOTCONN.)"""
     from mountd.server import mounted_fstype
 
+    try:
+        return (os.path.ismount(path) and mounted_fstype(str(path)) == "fuse.rumpvm"
+                and os.stat(path).st_ino == 1)
+    except OSError:
+        return False
+
+
+def wait_live(path: Path, timeout: float = 5.0) -> None:
+    """Wait until another process's mount at `path` is live (`is_live`)."""
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if os.stat(path).st_ino == 1 and mounted_fstype(str(path)) == "fuse.rumpvm":
-                return
-        except OSError:
-            pass
+    while not is_live(path):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} did not become a live rumpvm mount within {timeout}s")
-        time.sleep(0.01)
+        time.sleep(POLL)
 
 
 def wait_unmounted(path: Path, timeout: float = 5.0) -> float:
-    """Wait until nothing is mounted at `path`; returns the seconds it took."""
+    """Wait until nothing is mounted at `path` (another process unmounts it);
+    returns the seconds it took."""
     from mountd.server import mounted_fstype
 
     start = time.monotonic()
     while mounted_fstype(str(path)) is not None:
         if time.monotonic() - start > timeout:
             raise TimeoutError(f"{path} still mounted after {timeout}s")
-        time.sleep(0.01)
+        time.sleep(POLL)
     return time.monotonic() - start
 
 
@@ -69,15 +83,17 @@ def ensure_dir(path: Path) -> None:
 def mounted(kernel: Any, directory: Path, allow_other: bool = False) -> Iterator[Path]:
     """Mount `kernel`'s /vm at `directory` (created if needed) for the with block."""
     import mountd
+    from mountd.server import mounted_fstype
 
     ensure_dir(directory)
     handle = mountd.mount_in_thread(kernel, str(directory), allow_other=allow_other)
     try:
-        wait_live(directory)
+        assert is_live(directory), f"{directory} is not a live rumpvm mount after mount_in_thread returned"
         yield directory
     finally:
-        handle.unmount()
-        wait_unmounted(directory)
+        handle.unmount()  # joins the server thread, which unmounts before it ends
+        assert not handle.alive, f"the server of {directory} did not stop"
+        assert mounted_fstype(str(directory)) is None, f"{directory} still mounted after unmount()"
 
 
 def run(*argv: str | os.PathLike[str], check: bool = True, text: bool = True,

@@ -3,9 +3,11 @@ MADV_NOCORE, each with the runs (vaddr, bytes) of its pages that have
 contents -- untouched pages are absent and read as zeros -- gathered
 without paging anything in."""
 
-import rumpvm
 from pages import settle
-from rumpvm import MADV_CORE, MADV_NOCORE, PAGE_SIZE as P, PROT_NONE
+
+import rumpvm
+from rumpvm import MADV_CORE, MADV_NOCORE, PROT_NONE
+from rumpvm import PAGE_SIZE as P
 
 
 def pages_of(entry, runs) -> dict[int, bytes]:

@@ -12,9 +12,9 @@ import os
 import threading
 
 import pytest
+from pages import fill, pattern, settle
 
 import rumpvm
-from pages import pattern, fill, settle
 from rumpvm import PAGE_SIZE, VMError
 from rumpvm.physmem import MIN_LIMIT
 

@@ -4,7 +4,8 @@ oracle over random insert/remove sequences, and its own invariant check."""
 import random
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rumpvm.map_tree import EntryTree, TreeNode
 

@@ -108,7 +108,7 @@ def test_concurrent_readers_during_fork_and_exit(kernel, tmp_path: Path) -> None
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 for _ in range(READERS)
             ]
-            results = [r.communicate(timeout=HANG_GUARD + 60) + (r.returncode,) for r in readers]
+            results = [(*r.communicate(timeout=HANG_GUARD + 60), r.returncode) for r in readers]
             for out, err, code in results:
                 assert code == 0, err
                 counts = json.loads(out)

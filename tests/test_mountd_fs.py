@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from fusemount import (
     mounted,
     run,
 )
+from pages import settle
 
 from rumpvm import MAP_ANON, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, PAGE_SIZE, PROT_READ, PROT_WRITE
 
@@ -189,7 +190,7 @@ def test_smaps_status_values(kernel, vm: Path) -> None:
         assert block["Rss"] == info.rss >> 10 and block["Pss"] == info.pss >> 10
         assert block["Referenced"] == info.referenced >> 10 and block["Swap"] == info.swap >> 10
         assert block["Locked"] == info.locked >> 10 and block["Private_Dirty"] == info.private_dirty >> 10
-    assert sum(b["Rss"] for b in blocks) >= 12
+    assert sum(b["Rss"] for b in blocks) == 12  # the 3 pages written
     status = (vm / "proc" / str(p.pid) / "status").read_text().splitlines()
     fields = {}
     for line in status:
@@ -203,33 +204,73 @@ def test_smaps_status_values(kernel, vm: Path) -> None:
     assert int(fields["VmLck"]) == st.vm_lck >> 10 == 4 and int(fields["VmSwap"]) == st.vm_swap >> 10
 
 
+def kernel_view(kernel) -> tuple[object, ...]:  # type: ignore[no-untyped-def]
+    """Everything the global files show, from the kernel's own API."""
+    return (kernel.meminfo(), kernel.stats(), kernel.pagedaemon.status(), kernel.pools(),
+            kernel.kmem_maps(), kernel.swaps())
+
+
+def read_settled(kernel, read):  # type: ignore[no-untyped-def]
+    """`read()` at a settled moment, with the kernel's view of that moment:
+    the daemon is idle, and the view is the same before and after the read
+    (so the file and the API saw one state, and reading changed nothing)."""
+    settle(kernel)
+    before = kernel_view(kernel)
+    got = read()
+    assert kernel_view(kernel) == before, "the kernel changed while /vm was read"
+    return got, before
+
+
 def test_meminfo_vmstat_kmem_formats(kernel, vm: Path) -> None:
-    meminfo = (vm / "meminfo").read_text().splitlines()
-    labels = [check_kb_line(line)["label"] for line in meminfo]
-    assert labels == list(kernel.meminfo())
-    assert labels[:3] == ["MemTotal", "MemFree", "MemAvailable"]
-    vmstat = run("cat", vm / "vmstat").stdout.splitlines()
+    p = kernel.spawn(name="busy")  # something to count: pages, a wired page, a shared object
+    a = p.mmap(16 * P)
+    p.write(a, pattern(5 * P))
+    p.mlock(a, P)
+    o = kernel.create_object(4 * P)
+    p.write(p.mmap(4 * P, RW, MAP_SHARED, obj=o), b"shared")
+    (meminfo, vmstat, status, pools, kernel_map), (kmem, stats, pdstatus, kpools, kmaps, _) = read_settled(
+        kernel, lambda: ((vm / "meminfo").read_text().splitlines(), run("cat", vm / "vmstat").stdout.splitlines(),
+                         (vm / "pagedaemon" / "status").read_text().splitlines(),
+                         (vm / "kmem" / "pools").read_text().splitlines(),
+                         (vm / "kmem" / "kernel_map").read_text().splitlines()))
+    # meminfo: Linux's format, the kernel's labels in its order, its values in kB.
+    rows = [check_kb_line(line) for line in meminfo]
+    assert [m["label"] for m in rows] == list(kmem)
+    assert [m["label"] for m in rows][:3] == ["MemTotal", "MemFree", "MemAvailable"]
+    assert {m["label"]: int(m["value"]) for m in rows} == {label: v >> 10 for label, v in kmem.items()}
+    assert kmem["Mlocked"] == P and kmem["AnonPages"] >= 6 * P  # the values are about this workload
+    # vmstat: `name value`, the kernel's counters exactly.
     assert all(VMSTAT_LINE.fullmatch(line) for line in vmstat), vmstat
-    assert [line.split()[0] for line in vmstat] == list(kernel.stats())
-    names = [m.name for m in kernel.kmem_maps()]
-    assert names[0] == "kernel_map"
-    for line in (vm / "kmem" / "kernel_map").read_text().splitlines():
-        check_maps_line(line)
-    pools = (vm / "kmem" / "pools").read_text().splitlines()
+    assert [tuple(line.split()) for line in vmstat] == [(k, str(v)) for k, v in stats.items()]
+    assert stats["zerofills"] >= 6 and stats["procs"] >= 1
+    # pagedaemon/status: the daemon's own status.
+    assert [tuple(line.split(" ", 1)) for line in status] == [(k, str(v)) for k, v in pdstatus.items()]
+    assert pdstatus["state"] == "sleeping" and pdstatus["policy"] == kernel.pagedaemon.policy
+    # kmem: the maps and pools, row for row.
+    assert kmaps[0].name == "kernel_map"
+    assert [(int(m["start"], 16), int(m["end"], 16)) for m in map(check_maps_line, kernel_map)] \
+        == [(e.start, e.end) for e in kmaps[0].entries]
     assert pools[0].split() == ["Name", "Size", "InUse", "Npages", "Nget", "Nput"]
-    assert [row.split()[0] for row in pools[1:]] == [pool.name for pool in kernel.pools()]
-    for line in (vm / "pagedaemon" / "status").read_text().splitlines():
-        name, value = line.split(" ", 1)
-        assert str(kernel.pagedaemon.status()[name]) != "" and value
+    assert [row.split() for row in pools[1:]] \
+        == [[q.name, *map(str, (q.size, q.inuse, q.npages, q.nget, q.nput))] for q in kpools]
+    assert any(q.inuse > 0 for q in kpools)
 
 
 def test_swaps_format(small_kernel, swap_vm: Path) -> None:
-    lines = (swap_vm / "swaps").read_text().splitlines()
+    k = small_kernel
+    p = k.spawn(name="swapper")
+    a = p.mmap(24 << 20)  # over the 16M limit: some pages go to swap
+    for off in range(0, 24 << 20, P):
+        p.write(a + off, b"x")
+    lines, (*_, swaps) = read_settled(k, lambda: (swap_vm / "swaps").read_text().splitlines())
     assert lines[0] == SWAPS_HEADER
-    assert len(lines) == 1 + len(small_kernel.swaps()) >= 2
+    assert len(lines) == 1 + len(swaps) == 2
     m = SWAPS_LINE.fullmatch(lines[1])
     assert m is not None, lines[1]
-    assert int(m["size"]) == small_kernel.swaps()[0].size >> 10
+    path = re.sub(r"\\([0-7]{3})", lambda o: chr(int(o[1], 8)), m["path"])  # Linux escapes " \t\n\\"
+    assert (path, m["type"], int(m["size"]), int(m["used"]), int(m["prio"])) \
+        == (swaps[0].path, swaps[0].type, swaps[0].size >> 10, swaps[0].used >> 10, swaps[0].priority)
+    assert swaps[0].used == k.stats()["swpginuse"] * P > 0
 
 
 # -- memory files --------------------------------------------------------------
@@ -289,17 +330,6 @@ def test_reading_changes_nothing(kernel, vm: Path) -> None:
     assert (snapshot(kernel, p), snapshot(kernel, c)) == before
 
 
-def settle(kernel, p, timeout: float = 10.0) -> tuple[object, ...]:  # type: ignore[no-untyped-def]
-    """The snapshot once the pagedaemon has finished its work (3 equal polls)."""
-    deadline = time.monotonic() + timeout
-    polls = [snapshot(kernel, p)]
-    while len(polls) < 3 or not polls[-1] == polls[-2] == polls[-3]:
-        assert time.monotonic() < deadline, "the kernel never settled"
-        time.sleep(0.05)
-        polls.append(snapshot(kernel, p))
-    return polls[-1]
-
-
 def test_reading_swapped_memory_changes_nothing(small_kernel, swap_vm: Path) -> None:
     k = small_kernel
     p = k.spawn(name="swapper")
@@ -307,7 +337,8 @@ def test_reading_swapped_memory_changes_nothing(small_kernel, swap_vm: Path) -> 
     a = p.mmap(size)
     for off in range(0, size, 1 << 20):
         p.write(a + off, pattern(1 << 20, off >> 20))
-    before = settle(k, p)
+    settle(k)  # the pagedaemon has finished: nothing moves unless /vm moves it
+    before = snapshot(k, p)
     assert any(o.swapped for o in k.objects()), "nothing was paged out"
     mem = swap_vm / "proc" / str(p.pid) / "mem"
     for off in range(0, size, 1 << 20):

@@ -166,7 +166,7 @@ def test_unmount_while_busy(tmp_path: Path) -> None:
         try:
             start = time.monotonic()
             handle.unmount()
-            assert time.monotonic() - start < 1.0
+            assert time.monotonic() - start < 10, "unmount waited for the open file"
             assert mounted_fstype(str(mnt)) is None
             with pytest.raises(OSError):
                 os.read(fd, 100)

@@ -13,9 +13,9 @@ import threading
 import time
 
 import pytest
+from pages import bad_pages, fill, pattern, settle
 
 import rumpvm
-from pages import pattern, fill, bad_pages, settle
 from rumpvm import PAGE_SIZE, VMError
 from rumpvm.check import check_kernel
 
@@ -65,7 +65,7 @@ class Sampler:
             finally:
                 self._waiting -= 1
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         self._t.start()
         self.sample_now()
         return self
@@ -310,7 +310,7 @@ def test_policy_switch_while_threads_page():
                         with done:
                             # A round that started after the switch has completed.
                             want = [r + 2 for r in rounds]
-                            ok = done.wait_for(lambda: quit or all(r >= w for r, w in zip(rounds, want)), 60)
+                            ok = done.wait_for(lambda want=want: quit or all(r >= w for r, w in zip(rounds, want)), 60)
                         if quit:
                             return  # the worker's error or bad data is reported
                         assert ok, "workers made no progress"
@@ -416,13 +416,9 @@ def test_out_of_swap_oom_within_timeout_no_busy_loop():
         assert st["oomfails"] >= 1
         assert k.physmem.resident <= 2 * M
         k.check()
-        # A second attempt: measured wall and CPU time of the wait.
-        wall0, cpu0 = time.monotonic(), time.process_time()
-        with pytest.raises(rumpvm.OutOfMemory):
-            p.write(a + written * PAGE_SIZE, pattern(11, written))
-        wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
-        assert wall <= timeout + 1.0, f"OOM took {wall:.2f}s with oom_timeout={timeout}"
-        assert cpu <= 0.25 * timeout + 0.05, f"busy loop: {cpu:.2f}s CPU in {wall:.2f}s of waiting"
+        # A second attempt sleeps out its timeout instead of spinning: the
+        # stalled daemon scans at most once more, the waiter waits once.
+        assert_sleeps_not_spins(k, lambda: p.write(a + written * PAGE_SIZE, pattern(11, written)))
         # Free something, and the kernel works again: what was written
         # before comes back, and new memory can be used.
         p.munmap(a, n * PAGE_SIZE)
@@ -483,16 +479,15 @@ def test_out_of_swap_waiters_in_threads_all_fail_cleanly():
         ts = [threading.Thread(target=waiter(t)) for t in range(3)]
         for th in ts:
             th.start()
+        scans = k.stats()["pdscans"]
         start.wait()
-        wall0, cpu0 = time.monotonic(), time.process_time()
         for th in ts:
             th.join(timeout=60)
             assert not th.is_alive(), "a waiter hung"
-        wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
         assert results == {0: "oom", 1: "oom", 2: "oom"}
-        assert k.stats()["oomfails"] == oomfails + 3
-        assert wall <= timeout + 1.0, f"OOM took {wall:.2f}s with oom_timeout={timeout}"
-        assert cpu <= 0.25 * timeout + 0.05, f"busy loop: {cpu:.2f}s CPU in {wall:.2f}s of waiting"
+        st = k.stats()
+        assert st["oomfails"] == oomfails + 3
+        assert st["pdscans"] - scans <= 3, "the stalled daemon kept scanning for the waiters"
         for p, a in zip(procs, addrs):
             p.munmap(a, 4 * M)
         settle(k)
@@ -501,6 +496,18 @@ def test_out_of_swap_waiters_in_threads_all_fail_cleanly():
         fill(procs[0], c, 1 * M // PAGE_SIZE, 450)
         assert bad_pages(procs[0], c, 1 * M // PAGE_SIZE, 450) == []
         k.check()
+
+
+def assert_sleeps_not_spins(k, call) -> None:
+    """`call` fails with OutOfMemory after one bounded wait (counted, not
+    timed): one wait begun and failed, and the daemon — stalled, since a
+    scan freed nothing — scans at most once more meanwhile."""
+    before = k.stats()
+    with pytest.raises(rumpvm.OutOfMemory):
+        call()
+    after = k.stats()
+    assert (after["oomwaits"] - before["oomwaits"], after["oomfails"] - before["oomfails"]) == (1, 1)
+    assert after["pdscans"] - before["pdscans"] <= 1, "the daemon kept scanning: a busy loop"
 
 
 def test_no_swap_oom_is_prompt_and_sleeps():
@@ -515,20 +522,15 @@ def test_no_swap_oom_is_prompt_and_sleeps():
                 p.write(a + i * PAGE_SIZE, pattern(13, i))
                 written += 1
         for _ in range(2):
-            wall0, cpu0 = time.monotonic(), time.process_time()
-            with pytest.raises(rumpvm.OutOfMemory):
-                p.write(a + written * PAGE_SIZE, b"x")
-            wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
-            assert wall <= timeout + 1.0
-            assert cpu <= 0.25 * timeout + 0.05, f"busy loop: {cpu:.2f}s CPU in {wall:.2f}s"
+            assert_sleeps_not_spins(k, lambda: p.write(a + written * PAGE_SIZE, b"x"))
         assert bad_pages(p, a, written, 13) == []
+        # A partial munmap frees its pages at once: the memory is usable.
         p.munmap(a + PAGE_SIZE * (written // 2), 2 * M - PAGE_SIZE * (written // 2))
-        # The pages of a partially unmapped private object may stay charged
-        # until the object dies; a fresh mapping after a full munmap must work.
-        p.munmap(a, 2 * M)
-        b = p.mmap(512 * 1024)
-        fill(p, b, 128, 14)
-        assert bad_pages(p, b, 128, 14) == []
+        assert bad_pages(p, a, written // 2, 13) == []
+        nb = written - written // 2 - 8
+        b = p.mmap(nb * PAGE_SIZE)
+        fill(p, b, nb, 14)
+        assert bad_pages(p, b, nb, 14) == []
         k.check()
 
 
@@ -626,7 +628,7 @@ def test_pagedaemon_counters_move():
         status = k.pagedaemon.status()
         assert (status["scans"], status["pageouts"], status["freed"], status["wakeups"], status["reactivated"]) \
             == (st["pdscans"], st["pageouts"], st["pdfreed"], st["pdwoke"], st["pdreact"])
-        assert status["free"] == k.free_pages()
+        assert status["free"] == min(k.physmem.avail_pages(), 1 << 31)
         k.check()
 
 

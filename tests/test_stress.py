@@ -21,9 +21,9 @@ import threading
 import time
 
 import pytest
+from pages import settle
 
 import rumpvm
-from pages import settle
 from rumpvm import PAGE_SIZE
 
 M = 1 << 20

@@ -12,9 +12,9 @@ import os
 import threading
 
 import pytest
+from pages import bad_pages, fill, pattern, settle
 
 import rumpvm
-from pages import pattern, fill, bad_pages, settle
 from rumpvm import MAP_SHARED, PAGE_SIZE, VMError
 
 M = 1 << 20
@@ -138,22 +138,20 @@ def test_rewritten_swapped_page_does_not_leak_slots(swapk):
 # -- corrupted slots -----------------------------------------------------------------------
 
 
-def _corrupt(path: str, slot: int, how: str) -> None:
-    with open(path, "r+b") as f:
-        f.seek(slot * PAGE_SIZE)
-        data = bytearray(f.read(PAGE_SIZE))
-        assert len(data) == PAGE_SIZE
-        if how == "flip":
-            for i in (0, 17, 2048, PAGE_SIZE - 1):
-                data[i] ^= 0xFF
-        elif how == "onebit":
-            data[1234] ^= 0x01
-        elif how == "zero":
-            data[:] = bytes(PAGE_SIZE)
-        f.seek(slot * PAGE_SIZE)
-        f.write(bytes(data))
-        f.flush()
-        os.fsync(f.fileno())
+def _corrupt(k, slot: int, how: str) -> None:
+    """Change a slot behind the kernel's back, through the swap file's own
+    descriptor (a temporary swap file has no name left to open)."""
+    fd = k.swap.file.fd
+    data = bytearray(os.pread(fd, PAGE_SIZE, slot * PAGE_SIZE))
+    assert len(data) == PAGE_SIZE
+    if how == "flip":
+        for i in (0, 17, 2048, PAGE_SIZE - 1):
+            data[i] ^= 0xFF
+    elif how == "onebit":
+        data[1234] ^= 0x01
+    elif how == "zero":
+        data[:] = bytes(PAGE_SIZE)
+    assert os.pwrite(fd, bytes(data), slot * PAGE_SIZE) == PAGE_SIZE
 
 
 @pytest.mark.parametrize("how", ["flip", "onebit", "zero"])
@@ -167,7 +165,7 @@ def test_corrupted_swap_slot_is_eio_and_stays_eio(how):
         obj = object_of(p, a)
         victim = 5
         slot = obj.swap[victim]
-        _corrupt(k.swap.path, slot, how)
+        _corrupt(k, slot, how)
         va = a + victim * PAGE_SIZE
         for _ in range(3):  # never wrong data, however often it is tried
             with pytest.raises(VMError) as ei:
@@ -209,7 +207,7 @@ def test_corrupted_slot_eio_through_fork_child():
             assert o.backing is not None, "page 3 is in no object's swap"
             pi += o.backing_offset
             o = o.backing
-        _corrupt(k.swap.path, o.swap[pi], "flip")
+        _corrupt(k, o.swap[pi], "flip")
         for proc in (p, c):
             with pytest.raises(VMError) as ei:
                 proc.read(a + 3 * PAGE_SIZE, PAGE_SIZE)
@@ -221,10 +219,26 @@ def test_corrupted_slot_eio_through_fork_child():
 # -- swap file lifetime --------------------------------------------------------------------
 
 
+def open_fds_to(path: str) -> list[int]:
+    """This process's descriptors open on `path` (as /proc shows it)."""
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == path:
+                fds.append(int(name))
+        except OSError:
+            pass  # the listing's own descriptor, already closed
+    return fds
+
+
 def test_temp_swapfile_removed_at_close():
+    """A temporary swap file is unlinked at once (nothing is left behind even
+    if the process dies); its descriptor keeps it until close."""
     k = rumpvm.Kernel(memlimit="2M", swap="4M")
     path = k.swap.path
-    assert os.path.exists(path)
+    assert path.endswith(" (deleted)")
+    assert not os.path.exists(path.removesuffix(" (deleted)"))
+    assert open_fds_to(path) == [k.swap.file.fd]
     p = k.spawn()
     a = p.mmap(3 * M)
     fill(p, a, 3 * M // PAGE_SIZE, 30)
@@ -233,16 +247,16 @@ def test_temp_swapfile_removed_at_close():
     (info,) = k.swaps()
     assert info.path == path and info.used == k.stats()["swpginuse"] * PAGE_SIZE
     k.close()
-    assert not os.path.exists(path)
+    assert open_fds_to(path) == []
     k.close()  # idempotent
 
 
 def test_temp_swapfile_removed_when_with_block_raises():
-    with pytest.raises(RuntimeError):
-        with rumpvm.Kernel(memlimit="2M", swap="4M") as k:
-            path = k.swap.path
-            raise RuntimeError("boom")
-    assert not os.path.exists(path)
+    with pytest.raises(RuntimeError), rumpvm.Kernel(memlimit="2M", swap="4M") as k:
+        path = k.swap.path
+        assert open_fds_to(path) == [k.swap.file.fd]
+        raise RuntimeError("boom")
+    assert open_fds_to(path) == []
 
 
 def test_named_swapfile_kept_and_used(tmp_path):
