@@ -33,8 +33,6 @@ ffibuilder.cdef(
     int64_t rv_pwrite_pages(int fd, const uintptr_t *pages, int n, size_t pgsz, int64_t off);
     int64_t rv_pread_pages(int fd, const uintptr_t *pages, int n, size_t pgsz, int64_t off);
     int64_t rv_pread(int fd, char *buf, size_t len, int64_t off);
-    int64_t rv_pwrite(int fd, const char *buf, size_t len, int64_t off);
-    int rv_fsync(int fd);
     """
 )
 
@@ -154,7 +152,6 @@ ffibuilder.set_source(
     int rv_swap_truncate(int fd, int64_t size) { return ftruncate(fd, size); }
     int rv_close(int fd) { return close(fd); }
     int rv_unlink(const char *path) { return unlink(path); }
-    int rv_fsync(int fd) { return fsync(fd); }
 
     static int64_t rv_pio_pages(int fd, const uintptr_t *pages, int n, size_t pgsz,
                                 int64_t off, int write)
@@ -195,10 +192,6 @@ ffibuilder.set_source(
     int64_t rv_pread(int fd, char *buf, size_t len, int64_t off)
     {
         return pread(fd, buf, len, off);
-    }
-    int64_t rv_pwrite(int fd, const char *buf, size_t len, int64_t off)
-    {
-        return pwrite(fd, buf, len, off);
     }
     """,
     extra_compile_args=["-O2"],

@@ -173,6 +173,8 @@ def check_kernel(k: Kernel) -> list[str]:
     for pool in k.pooltab.values():
         for f in pool.frames:
             frames[f] += 1
+        if pool.inuse > pool.npages * pool.perpage:
+            errs.append(f"pool {pool.name}: {pool.inuse} items in {pool.npages} pages")
     for r in k.reservations:
         for f in r.frames:
             frames[f] += 1
@@ -184,8 +186,6 @@ def check_kernel(k: Kernel) -> list[str]:
         for page in o.pages.values():
             if 0 <= page.frame < total and k.physmem.frame_location(page.frame)[0] != page.addr:
                 errs.append(f"{page}: address {page.addr:#x} is not its frame's")
-        if pool.inuse > pool.npages * pool.perpage:
-            errs.append(f"pool {pool.name}: {pool.inuse} items in {pool.npages} pages")
     free = Counter(k.physmem.free_frames)
     dup = [f for f, c in (frames + free).items() if c > 1]
     if dup:

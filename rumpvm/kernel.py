@@ -242,6 +242,7 @@ class Kernel:
         """Wake every thread sleeping in the kernel (lock held)."""
         self.mem_cv.notify_all()
         self.page_cv.notify_all()
+        self.pagedaemon.idle_cv.notify_all()
         for m in (self.kernel_map, *self.kmem.submaps):
             m.space_cv.notify_all()
 

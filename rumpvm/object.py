@@ -18,8 +18,9 @@ absorbs this object (`collapse`), so fork/exit cycles do not grow chains.
 Lock: the kernel lock.  `pip` (paging in progress) counts pages of the
 object under I/O; an object with pip > 0 is not collapsed.
 Invariants: page.obj is self and page.pindex is its key for every page;
-a pindex is never both resident and swapped in the same object except for a
-clean page whose swap copy is still valid; ref_count = len(mappings) +
+a pindex is both resident and swapped only after a page-in: the slot keeps
+the copy the page came from (valid while the page is clean, replaced at the
+next pageout); ref_count = len(mappings) +
 len(shadows) + handles; every page and slot lies inside `reached` (check.py).
 """
 

@@ -147,8 +147,8 @@ class Proc:
                 raise einval(f"offset {off:#x}+{size:#x} beyond the object's {obj.size << PAGE_SHIFT:#x} bytes")
         k = self.kernel
         with k.gate:
-            vmap = self._live()
             pool_prime(k, entries=3, objects=3)
+            vmap = self._live()  # after priming, which may sleep
             if f & MAP_FIXED:
                 start = a
             else:
@@ -177,16 +177,16 @@ class Proc:
     def munmap(self, addr: int, length: int) -> None:
         start, end = _range(addr, length)
         with self.kernel.gate:
-            vmap = self._live()
             pool_prime(self.kernel, entries=2, objects=2)  # clipping both ends
+            vmap = self._live()  # after priming, which may sleep
             vmap.delete(start, end)
 
     def mprotect(self, addr: int, length: int, prot: int) -> None:
         start, end = _range(addr, length)
         p, maxp = _prot(prot)
         with self.kernel.gate:
-            vmap = self._live()
             pool_prime(self.kernel, entries=2, objects=2)
+            vmap = self._live()  # after priming, which may sleep
             if maxp is not None:
                 vmap.protect(start, end, maxp, set_max=True)
             vmap.protect(start, end, p, set_max=False)
@@ -197,8 +197,8 @@ class Proc:
         if inh not in INHERIT_VALID:
             raise einval(f"bad inheritance {inh}")
         with self.kernel.gate:
-            vmap = self._live()
             pool_prime(self.kernel, entries=2, objects=2)
+            vmap = self._live()  # after priming, which may sleep
             vmap.set_inheritance(start, end, inh)
 
     def madvise(self, addr: int, length: int, advice: int) -> None:
@@ -208,8 +208,8 @@ class Proc:
         if adv not in MADV_VALID:
             raise einval(f"bad advice {adv}")
         with self.kernel.gate:
-            vmap = self._live()
             pool_prime(self.kernel, entries=2, objects=2)
+            vmap = self._live()  # after priming, which may sleep
             vmap.madvise(start, end, adv)
 
     def mlock(self, addr: int, length: int) -> None:
@@ -230,8 +230,8 @@ class Proc:
                 raise VMError(errno.ENOMEM, f"mlock of {new_pages} pages exceeds the wired limit"
                                             f" ({k.wired_limit} bytes)")
             with reserve(k, self._wire_frames(ents, start, end)) as resv:
-                vmap = self._live()
                 pool_prime(k, entries=2, objects=2 + 2 * len(ents))
+                vmap = self._live()  # after priming, which may sleep
                 vmap.wire(start, end, resv)
 
     @staticmethod
@@ -260,6 +260,7 @@ class Proc:
             vmap = self._live()
             vmap.require_mapped(start, end)
             pool_prime(k, entries=2, objects=2)
+            vmap = self._live()  # after priming, which may sleep
             vmap.unwire(start, end)
 
     def msync(self, addr: int, length: int, flags: int = MS_SYNC) -> None:
