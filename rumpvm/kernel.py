@@ -57,7 +57,7 @@ from .object import VMObject
 from .page import PageQueues, VMPage
 from .pagedaemon import Pagedaemon, stop_daemon
 from .param import format_size, parse_limit, parse_size
-from .physmem import MIN_LIMIT, PDRESERVE_PAGES, PhysMem, Reservation, pool_prime, reserve
+from .physmem import MIN_LIMIT, PDRESERVE_PAGES, PhysMem, Reservation, pool_prime, reserve, reserve_more
 from .pool import Pool
 from .proc import UAREA_CACHE, USPACE, Proc
 from .swap_pager import SwapPager
@@ -340,11 +340,12 @@ class Kernel:
 
     # -- processes -------------------------------------------------------------------
 
-    def _uarea_alloc(self, resv: Reservation | None = None) -> int:
-        """uvm_uarea_alloc: from the cache, else wired kmem (lock held)."""
+    def _uarea_alloc(self) -> int:
+        """uvm_uarea_alloc: from the cache, else wired kmem (lock held; may
+        wait for memory)."""
         if self.uarea_cache:
             return self.uarea_cache.pop()
-        return self.kmem.alloc_locked(self.kmem_map, USPACE, "uarea", resv=resv)
+        return self.kmem.alloc_locked(self.kmem_map, USPACE, "uarea")
 
     def _uarea_free(self, addr: int) -> None:
         """uvm_uarea_free: keep up to UAREA_CACHE, free the rest (lock held)."""
@@ -366,23 +367,28 @@ class Kernel:
             return p
 
     def _fork(self, parent: Proc, name: str | None) -> Proc:
-        """uvm_fork.  Everything that can wait for memory happens first: the
-        frames for the eager copy of wired memory and the u-area are
-        reserved, then the pools primed, so building the child never sleeps
-        and a failure leaves nothing behind."""
+        """uvm_fork.  Everything that can wait for memory happens first —
+        the u-area, the frames for the eager copy of wired memory, the pool
+        items — and is re-checked after any sleep, so building the child
+        never sleeps and a failure leaves nothing behind."""
         if name is not None and not isinstance(name, str):
             raise TypeError("name must be str")
+
+        def wired_pages(vmap: VMMap) -> int:
+            return sum(e.npages for e in vmap.entries() if e.wired_count and e.inheritance == INHERIT_COPY)
+
         with self.gate:
-            vmap = parent._live()
-            wired = sum(e.npages for e in vmap.entries() if e.wired_count and e.inheritance == INHERIT_COPY)
-            need = wired + (0 if self.uarea_cache else USPACE // PAGE_SIZE)
-            with reserve(self, need) as resv:
-                vmap = parent._live()  # it may have exited while we slept
-                uarea = self._uarea_alloc(resv)
+            parent._live()
+            with reserve(self, 0) as resv:
+                uarea = self._uarea_alloc()
                 try:
-                    n = vmap.tree.count
-                    pool_prime(self, entries=n + 1, objects=n + 1)
-                    vmap = parent._live()
+                    while True:
+                        reserve_more(self, resv, wired_pages(parent._live()))
+                        n = parent._live().tree.count
+                        pool_prime(self, entries=n + 1, objects=n + 1)
+                        vmap = parent._live()
+                        if len(resv.frames) >= wired_pages(vmap) and vmap.tree.count <= n:
+                            break
                     child_map = vmspace_fork(self, vmap, name or parent.name, resv)
                 except BaseException:
                     self._uarea_free(uarea)

@@ -39,7 +39,6 @@ from .physmem import memwait, pool_prime, pool_room
 if TYPE_CHECKING:
     from .kernel import Kernel
     from .page import VMPage
-    from .physmem import Reservation
 
 
 def _round(size: int) -> int:
@@ -97,10 +96,8 @@ class Kmem:
         with self.k.gate:
             return self.alloc_locked(vmap, size, name, wait)
 
-    def alloc_locked(self, vmap: VMMap, size: int, name: str = "kmem", wait: bool = True,
-                     resv: Reservation | None = None) -> int:
-        """kmem_alloc with the kernel lock held; new pages come from `resv`
-        while it has frames."""
+    def alloc_locked(self, vmap: VMMap, size: int, name: str = "kmem", wait: bool = True) -> int:
+        """kmem_alloc with the kernel lock held."""
         k = self.k
         if wait:
             pool_prime(k, entries=1)
@@ -115,7 +112,7 @@ class Kmem:
         addr = e.start
         try:
             for va in range(addr, addr + size, PAGE_SIZE):
-                vm_fault(k, vmap, va, PROT_WRITE, wire=True, nowait=not wait, resv=resv)
+                vm_fault(k, vmap, va, PROT_WRITE, wire=True, nowait=not wait)
         except BaseException as ex:
             vmap.delete(addr, addr + size)
             if wait or not isinstance(ex, OutOfMemory):

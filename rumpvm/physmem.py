@@ -196,13 +196,7 @@ def reserve(k: Kernel, npages: int) -> Iterator[Reservation]:
     r = Reservation()
     k.reservations.add(r)
     try:
-        deadline = None
-        while len(r.frames) < npages:
-            frame = k.physmem.alloc_frame(in_pagedaemon(k))
-            if frame is None:
-                deadline = memwait(k, deadline)
-            else:
-                r.frames.append(frame)
+        reserve_more(k, r, npages)
         yield r
     finally:
         k.reservations.discard(r)
@@ -211,6 +205,18 @@ def reserve(k: Kernel, npages: int) -> Iterator[Reservation]:
         if r.frames and k.mem_waiters:
             k.mem_cv.notify_all()
         r.frames.clear()
+
+
+def reserve_more(k: Kernel, r: Reservation, npages: int) -> None:
+    """Grow `r` to at least `npages` frames, waiting for memory (the lock
+    may be dropped: the caller re-checks what it sized `npages` from)."""
+    deadline = None
+    while len(r.frames) < npages:
+        frame = k.physmem.alloc_frame(in_pagedaemon(k))
+        if frame is None:
+            deadline = memwait(k, deadline)
+        else:
+            r.frames.append(frame)
 
 
 def pool_room(k: Kernel, entries: int = 0, objects: int = 0) -> bool:
