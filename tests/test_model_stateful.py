@@ -43,6 +43,7 @@ from rumpvm import (
     INHERIT_NONE,
     INHERIT_SHARE,
     MADV_DONTNEED,
+    MADV_FREE,
     MADV_NORMAL,
     MADV_RANDOM,
     MADV_SEQUENTIAL,
@@ -113,7 +114,21 @@ class VMStateMachine(RuleBasedStateMachine):
         self.objects: list[tuple[object, int]] = []  # (handle, model key)
 
     def teardown(self) -> None:
-        self.k.__exit__(None, None, None)
+        """Every process exits and every handle goes: then nothing of theirs
+        may be left — no object but the kernel's, no page on a paging
+        queue, no swap slot in use."""
+        try:
+            for p, _ in self.procs:
+                p.exit()
+            for o, _ in self.objects:
+                o.detach()
+            assert self.k.pagedaemon.wait_idle(30)
+            self.k.check()
+            st = self.k.stats()
+            leftover = {key: st[key] for key in ("objects", "active", "inactive", "swpginuse")}
+            assert leftover == {"objects": 1, "active": 0, "inactive": 0, "swpginuse": 0}, leftover
+        finally:
+            self.k.__exit__(None, None, None)
 
     # -- plumbing --------------------------------------------------------------
 
@@ -289,6 +304,26 @@ class VMStateMachine(RuleBasedStateMachine):
         addr = BASE + start * P
         self.both(f"p{p.pid}.madvise({addr:#x}, {length}, {advice})",
                   lambda: p.madvise(addr, length, advice), lambda: self.m.madvise(sp, addr, length, advice))
+
+    @rule(i=procs, start=starts, length=lengths)
+    def madvise_free(self, i, start, length):
+        """MADV_FREE may drop a page (it then reads as zeros) only where no
+        one else can see it; a page never shows anything but its old bytes
+        or zeros, and what one sharer sees every sharer sees (compare)."""
+        p, sp = self.pick(i)
+        start = self.page_of(sp, start)
+        addr = BASE + start * P
+        self.both(f"p{p.pid}.madvise({addr:#x}, {length}, MADV_FREE)",
+                  lambda: p.madvise(addr, length, MADV_FREE), lambda: self.m.madvise(sp, addr, length, MADV_FREE))
+        for v in range(addr // P, (addr + length + P - 1) // P):
+            pg = sp.pages.get(v)
+            if pg is None:
+                continue
+            got = p.peek(v * P, P)
+            old = bytes(self.m.mem[pg.group])
+            assert got in (old, bytes(P)), f"p{p.pid} page {v * P:#x} shows other bytes after MADV_FREE"
+            if got != old:
+                self.m.mem[pg.group][:] = got
 
     @rule(i=procs, start=starts, off=byte_offsets, n=sizes, seed=st.integers(0, len(DATA) - 3 * P))
     def write(self, i, start, off, n, seed):
