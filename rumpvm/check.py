@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 
 
 def _maps(k: Kernel) -> list[VMMap]:
-    return [k.kernel_map, *k.kmem.submaps, *(p.vmspace for p in k.proctab.values())]
+    """Every live map once (a vmspace may be shared by several processes)."""
+    spaces = {id(p.vmspace): p.vmspace for p in k.proctab.values()}
+    return [k.kernel_map, *k.kmem.submaps, *spaces.values()]
 
 
 def check_kernel(k: Kernel) -> list[str]:

@@ -52,6 +52,10 @@ MS_SYNC = 0x0000
 MS_ASYNC = 0x0001
 MS_INVALIDATE = 0x0002
 
+# A process's u-area (kernel stack and PCB), and how many freed ones are kept.
+USPACE = 2 * PAGE_SIZE
+UAREA_CACHE = 16
+
 # User address space: [VM_MIN_ADDRESS, VM_MAXUSER_ADDRESS).
 VM_MIN_ADDRESS = PAGE_SIZE
 VM_MAXUSER_ADDRESS = 0x7FFFFFFFF000

@@ -25,6 +25,7 @@ import hypercall
 from . import object as vm_object
 from .constants import MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, PAGE_SHIFT, PROT_READ, PROT_WRITE
 from .errors import OutOfMemory, SegmentationFault, VMError
+from .map import growstack
 from .page import INACTIVE
 from .physmem import memwait, page_alloc, page_free, pool_room
 from .pmap import page_remove_all
@@ -106,6 +107,11 @@ def _fault(k: Kernel, vmap: VMMap, va: int, access: int, wire: bool,
            resv: Reservation | None) -> VMPage | None:
     vmap, e = resolve(vmap, va)
     if e is None:
+        if vmap.stack_limit:
+            if not pool_room(k, entries=1, objects=1):
+                raise _NeedMemory
+            if growstack(vmap, va, vmap.stack_limit):
+                raise _Retry
         raise SegmentationFault(va, access, "SEGV_MAPERR")
     need = access if access & PROT_WRITE else PROT_READ
     if e.prot & need != need:
@@ -130,7 +136,10 @@ def _fault(k: Kernel, vmap: VMMap, va: int, access: int, wire: bool,
             return None
         if not pool_room(k, objects=1):
             raise _NeedMemory
-        e.set_object(vm_object.allocate(k, e.npages), 0)
+        if e.grow_floor:  # a stack: the object spans all it may grow to
+            e.set_object(vm_object.allocate(k, (e.end - e.grow_floor) >> PAGE_SHIFT), e.start - e.grow_floor)
+        else:
+            e.set_object(vm_object.allocate(k, e.npages), 0)
 
     assert e.obj is not None
     page = fault_object(k, e.obj, e.pindex(va), write, wire, e.advice, resv)
@@ -240,7 +249,8 @@ def pagein(k: Kernel, obj: VMObject, pindex: int, slot: int, advice: int = MADV_
         raise err
 
 
-def wire_range(k: Kernel, vmap: VMMap, start: int, end: int, resv: Reservation | None = None) -> None:
+def wire_range(k: Kernel, vmap: VMMap, start: int, end: int, resv: Reservation | None = None,
+               nowait: bool = False) -> None:
     """Fault in and wire every page of [start, end) (vm_fault_wire)."""
     for va in range(start, end, 1 << PAGE_SHIFT):
-        vm_fault(k, vmap, va, PROT_READ, wire=True, resv=resv)
+        vm_fault(k, vmap, va, PROT_READ, wire=True, nowait=nowait, resv=resv)

@@ -69,6 +69,7 @@ class ProcStatus:
     vm_rss: int
     vm_swap: int
     vm_lck: int
+    vm_stk: int = 0
 
 
 @dataclass(frozen=True, slots=True)

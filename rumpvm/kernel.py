@@ -39,17 +39,19 @@ from typing import Any
 
 import hypercall
 
-from . import inspect, uio
+from . import inspect, swapper, uio
 from . import object as vm_object
 from .check import check_kernel
 from .constants import (
-    INHERIT_COPY,
     PAGE_SHIFT,
     PAGE_SIZE,
+    PROT_ALL,
+    USPACE,
     VM_MAX_KERNEL_ADDRESS,
     VM_MIN_KERNEL_ADDRESS,
 )
 from .errors import VMError, einval
+from .fault import resolve
 from .inspect import KmemMapInfo, ObjectInfo, PoolInfo, SwapInfo, entry_record, object_record, peek_object
 from .kmem import Kmem
 from .map import VMMap
@@ -57,11 +59,10 @@ from .object import VMObject
 from .page import PageQueues, VMPage
 from .pagedaemon import Pagedaemon, stop_daemon
 from .param import format_size, parse_limit, parse_size
-from .physmem import MIN_LIMIT, PDRESERVE_PAGES, PhysMem, Reservation, pool_prime, reserve, reserve_more
+from .physmem import MIN_LIMIT, PDRESERVE_PAGES, PhysMem, Reservation, pool_prime
 from .pool import Pool
-from .proc import UAREA_CACHE, USPACE, Proc
+from .proc import Proc, drain_uareas, proc_spawn
 from .swap_pager import SwapPager
-from .vmspace import vmspace_alloc, vmspace_fork
 
 
 @dataclass
@@ -83,6 +84,8 @@ class Counters:
     collapses: int = 0
     forks: int = 0
     exits: int = 0
+    swapouts: int = 0
+    swapins: int = 0
 
 
 def _parse_memlimit(value: int | str | None, what: str = "memlimit") -> int | None:
@@ -198,6 +201,7 @@ class Kernel:
         self.pagedaemon = Pagedaemon(self, policy)
         self.pagedaemon.reclaimers.append(self._drain_pools)
         self.uarea_cache: list[int] = []
+        self.maxslp = swapper.MAXSLP  # seconds asleep before a process is swapped out first
         with self.lock:
             self.kernel_object = vm_object.allocate(
                 self, (VM_MAX_KERNEL_ADDRESS - VM_MIN_KERNEL_ADDRESS) >> PAGE_SHIFT, "kernel")
@@ -327,87 +331,53 @@ class Kernel:
         return None if self.physmem.limit is None else self.physmem.limit // 3
 
     def _drain_pools(self) -> int:
-        freed = sum(p.drain() for p in self.pooltab.values())
-        while self.uarea_cache:
-            self.kmem_map.delete(self.uarea_cache[-1], self.uarea_cache.pop() + USPACE)
-            freed += USPACE // PAGE_SIZE
-        return freed
+        return sum(p.drain() for p in self.pooltab.values()) + drain_uareas(self)
 
     def next_object_id(self) -> int:
         oid = self._next_oid
         self._next_oid += 1
         return oid
 
+    def allocate_pid(self) -> int:
+        pid = self._next_pid
+        self._next_pid += 1
+        return pid
+
     # -- processes -------------------------------------------------------------------
-
-    def _uarea_alloc(self) -> int:
-        """uvm_uarea_alloc: from the cache, else wired kmem (lock held; may
-        wait for memory)."""
-        if self.uarea_cache:
-            return self.uarea_cache.pop()
-        return self.kmem.alloc_locked(self.kmem_map, USPACE, "uarea")
-
-    def _uarea_free(self, addr: int) -> None:
-        """uvm_uarea_free: keep up to UAREA_CACHE, free the rest (lock held)."""
-        if len(self.uarea_cache) < UAREA_CACHE:
-            self.uarea_cache.append(addr)
-        else:
-            self.kmem_map.delete(addr, addr + USPACE)
 
     def spawn(self, name: str = "proc") -> Proc:
         """A new process with an empty address space."""
         if not isinstance(name, str):
             raise TypeError("name must be str")
         with self.gate:
-            uarea = self._uarea_alloc()
-            pid = self._next_pid
-            self._next_pid += 1
-            p = Proc(self, pid, 0, name, vmspace_alloc(self, name), uarea)
-            self.proctab[pid] = p
-            return p
+            return proc_spawn(self, name)
 
-    def _fork(self, parent: Proc, name: str | None) -> Proc:
-        """uvm_fork.  Everything that can wait for memory happens first —
-        the u-area, the frames for the eager copy of wired memory, the pool
-        items — and is re-checked after any sleep, so building the child
-        never sleeps and a failure leaves nothing behind."""
-        if name is not None and not isinstance(name, str):
-            raise TypeError("name must be str")
-
-        def wired_pages(vmap: VMMap) -> int:
-            return sum(e.npages for e in vmap.entries() if e.wired_count and e.inheritance == INHERIT_COPY)
-
+    def kernacc(self, addr: int, length: int, prot: int) -> bool:
+        """uvm_kernacc: whether all of the kernel range is mapped with `prot`."""
+        for v in (addr, length, prot):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError("addr, length and prot must be int")
         with self.gate:
-            parent._live()
-            with reserve(self, 0) as resv:
-                uarea = self._uarea_alloc()
-                try:
-                    while True:
-                        reserve_more(self, resv, wired_pages(parent._live()))
-                        n = parent._live().tree.count
-                        pool_prime(self, entries=n + 1, objects=n + 1)
-                        vmap = parent._live()
-                        if len(resv.frames) >= wired_pages(vmap) and vmap.tree.count <= n:
-                            break
-                    child_map = vmspace_fork(self, vmap, name or parent.name, resv)
-                except BaseException:
-                    self._uarea_free(uarea)
-                    raise
-            pid = self._next_pid
-            self._next_pid += 1
-            child = Proc(self, pid, parent.pid, name or parent.name, child_map, uarea)
-            self.proctab[pid] = child
-            self.uvmexp.forks += 1
-            return child
+            if length < 0 or addr < self.kernel_map.min or addr + length > self.kernel_map.max:
+                return False
+            start, end = addr & ~(PAGE_SIZE - 1), (addr + length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+            return self.kernel_map.check_protection(start, end, prot)
 
-    def _exit(self, p: Proc) -> None:
+    def chgkprot(self, addr: int, length: int, prot: int) -> None:
+        """uvm_chgkprot: change the protection of a kernel range (within its
+        entries' maximum protection)."""
+        for v in (addr, length, prot):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError("addr, length and prot must be int")
+        if addr & (PAGE_SIZE - 1) or length <= 0 or prot < 0 or prot & ~PROT_ALL:
+            raise einval(f"bad kernel range or protection {addr:#x}+{length:#x} {prot:#x}")
         with self.gate:
-            p._live()
-            p.alive = False
-            p.vmspace.destroy()
-            self._uarea_free(p.uarea)
-            del self.proctab[p.pid]
-            self.uvmexp.exits += 1
+            end = addr + ((length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
+            vmap, _ = resolve(self.kernel_map, addr)
+            if addr < vmap.min or end > vmap.max:
+                raise VMError(errno.ENOMEM, f"{addr:#x}-{end:#x} is not in one kernel map")
+            pool_prime(self, entries=2, objects=2)
+            vmap.protect(addr, end, prot, set_max=False)
 
     def procs(self) -> list[Proc]:
         with self.gate:
@@ -436,7 +406,13 @@ class Kernel:
             return obj
 
     def detach_object(self, obj: VMObject) -> None:
+        """Drop a handle from create_object (EINVAL if none is held, or the
+        object belongs to another kernel)."""
+        if not isinstance(obj, VMObject):
+            raise TypeError("obj must come from Kernel.create_object")
         with self.gate:
+            if obj.kernel is not self:
+                raise einval(f"object {obj.id} belongs to another kernel")
             if obj.handles <= 0:
                 raise VMError(errno.EINVAL, f"object {obj.id} is not held")
             obj.handles -= 1

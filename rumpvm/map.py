@@ -40,6 +40,7 @@ from .constants import (
     MADV_RANDOM,
     MADV_SEQUENTIAL,
     MADV_WILLNEED,
+    PAGE_MASK,
     PAGE_SHIFT,
     PAGE_SIZE,
     PROT_ALL,
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
 
 class VMMapEntry(TreeNode):
     __slots__ = ("obj", "offset", "prot", "max_prot", "inheritance", "needs_copy",
-                 "shared", "wired_count", "advice", "submap", "name", "nocore", "nosync")
+                 "shared", "wired_count", "advice", "submap", "name", "nocore", "nosync", "grow_floor")
 
     def __init__(self, start: int, end: int, obj: VMObject | None = None, offset: int = 0,
                  prot: int = PROT_READ | PROT_WRITE, max_prot: int = PROT_ALL,
@@ -79,6 +80,9 @@ class VMMapEntry(TreeNode):
         self.name = name
         self.nocore = False
         self.nosync = False
+        # A grow-down stack's lowest entry: the lowest address it may grow
+        # to (just above its guard page); 0 for every other entry.
+        self.grow_floor = 0
 
     @property
     def npages(self) -> int:
@@ -99,6 +103,7 @@ class VMMapEntry(TreeNode):
         new.submap = self.submap
         new.nocore = self.nocore
         new.nosync = self.nosync
+        new.grow_floor = self.grow_floor
         return new
 
     def set_object(self, obj: VMObject | None, offset: int = 0) -> None:
@@ -144,6 +149,9 @@ class VMMap:
         # Sleepers in kmem_alloc_wait wait here for kmem_free_wakeup.
         self.space_cv = threading.Condition(kernel.lock)
         self.space_waiters = 0
+        # Bytes a grow-down stack of this map may reach (RLIMIT_STACK of its
+        # process); 0: stacks do not grow (kernel maps).
+        self.stack_limit = 0
 
     def space_wait(self) -> None:
         """Sleep until an entry of this map is deleted (kmem_alloc_wait);
@@ -241,6 +249,7 @@ class VMMap:
         if entry.obj is None and entry.submap is None and entry.name != "pager":
             entry.set_object(vm_object.allocate(self.kernel, entry.npages), 0)
         back = entry.copy(at)
+        back.grow_floor = 0  # only the lowest piece of a stack grows
         entry.end = at
         self.size -= back.end - back.start
         if back.obj is not None:
@@ -285,6 +294,7 @@ class VMMap:
             if neighbour is lo:
                 entry.offset = lo.offset
                 entry.start = lo.start
+                entry.grow_floor = lo.grow_floor
             else:
                 entry.end = hi.end
             self.tree.bounds_changed(entry)
@@ -404,7 +414,7 @@ class VMMap:
                 if page is not None or slot is not None:
                     vm_fault(self.kernel, self, va, PROT_READ)
 
-    def wire(self, start: int, end: int, resv: Reservation | None = None) -> None:
+    def wire(self, start: int, end: int, resv: Reservation | None = None, nowait: bool = False) -> None:
         """vm_map_wire: wire every entry of the mapped range and fault its
         pages in (taking frames from `resv`).  On failure everything this
         call wired is unwired again and the entries merged back."""
@@ -419,7 +429,7 @@ class VMMap:
                 if self.user:
                     k.wired_user_pages += e.npages
                 done.append((e.start, e.end))
-                wire_range(k, self, e.start, e.end, resv)
+                wire_range(k, self, e.start, e.end, resv, nowait)
         except BaseException:
             for s, t in done:
                 self.unwire(s, t)
@@ -443,3 +453,58 @@ class VMMap:
         if self.user:
             k.wired_user_pages -= e.npages
         e.wired_count = 0
+
+
+SGROWSIZ = 128 << 10  # stack growth granularity (FreeBSD's sgrowsiz)
+
+
+def stack_size(vmap: VMMap, lowest: VMMapEntry) -> int:
+    """Bytes of the stack whose lowest entry is `lowest`: it and the
+    contiguous "[stack]" entries above it (lock held)."""
+    size, e = 0, lowest
+    while e is not vmap.header and e.name == STACK_NAME and (e is lowest or e.start == e.prev.end):
+        size += e.end - e.start
+        e = e.next  # type: ignore[assignment]
+    return size
+
+
+STACK_NAME = "[stack]"
+
+
+def growstack(vmap: VMMap, va: int, limit: int) -> bool:
+    """vm_map_growstack: if `va` lies in the growth area of a grow-down
+    stack (above its guard page, below its lowest entry, with nothing
+    mapped in between), extend the stack down to cover it, in SGROWSIZ
+    steps, within `limit` bytes of stack.  True if it grew.  Lock held;
+    the caller primed one map entry."""
+    found, prev = vmap.lookup_entry(va)
+    if found:
+        return False
+    stack = prev.next
+    if stack is vmap.header or not stack.grow_floor:  # type: ignore[attr-defined]
+        return False
+    s = cast(VMMapEntry, stack)
+    page = va & ~PAGE_MASK
+    if page < s.grow_floor or (prev is not vmap.header and page < prev.end):
+        return False
+    floor = max(s.grow_floor, prev.end if prev is not vmap.header else 0)
+    want = max(s.start - page, SGROWSIZ)
+    new_start = max(floor, s.start - want)
+    if stack_size(vmap, s) + (s.start - new_start) > limit:
+        new_start = s.start - max(0, limit - stack_size(vmap, s)) // PAGE_SIZE * PAGE_SIZE
+        if new_start > page:
+            return False
+    delta = s.start - new_start
+    if not s.wired_count and (s.obj is None or (not s.needs_copy and s.offset >= delta)):
+        # Extend the entry itself (its object, if any, covers the space).
+        s.start = new_start
+        if s.obj is not None:
+            s.offset -= delta
+        vmap.size += delta
+        vmap.tree.bounds_changed(s)
+        return True
+    low = s.copy(new_start, s.start)
+    low.obj, low.offset, low.needs_copy, low.wired_count = None, 0, False, 0
+    s.grow_floor = 0
+    vmap.insert(low)
+    return True

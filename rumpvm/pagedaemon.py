@@ -31,12 +31,14 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import swapper
 from .constants import PAGE_SIZE
 from .errors import VMError
-from .page import ACTIVE, VMPage
+from .page import ACTIVE, INACTIVE, VMPage
 from .physmem import PDRESERVE_PAGES, page_free, swap_free
 from .pmap import page_remove_all
 from .policy import POLICIES, Policy
+from .resource import RLIMIT_RSS
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -205,6 +207,8 @@ class Pagedaemon:
                 freed = 0
             self.state = "sleeping"
             self.stalled = freed == 0 and self.shortage() > 0
+        else:
+            swapper.scheduler(k)
         k.mem_cv.notify_all()
 
     def scan(self) -> int:
@@ -219,6 +223,37 @@ class Pagedaemon:
         short -= drained
         if short <= 0:
             return drained
+        self._deactivate_over_rss()
+        short = self._evict(short)
+        if short > 0 and swapper.swapout_threads(k, short):
+            self._evict(short)
+        return drained
+
+    def _deactivate_over_rss(self) -> None:
+        """Pages of processes over their RLIMIT_RSS go to the inactive
+        queue first (vm_pageout_map_deactivate_pages), so they are paged
+        before anyone else's."""
+        k = self.k
+        seen: set[int] = set()
+        for p in k.proctab.values():
+            vmap = p.vmspace
+            limit = p.limits[RLIMIT_RSS][0] // PAGE_SIZE
+            over = len(vmap.pmap.rd) - limit
+            if over <= 0 or id(vmap) in seen:
+                continue
+            seen.add(id(vmap))
+            for page in list(vmap.pmap.rd.values()):
+                if over <= 0:
+                    break
+                if page.queue and not page.busy:
+                    page.referenced = False
+                    k.queues.enqueue(page, INACTIVE)
+                    over -= 1
+
+    def _evict(self, short: int) -> int:
+        """Free or page out up to `short` pages in the policy's order;
+        returns what is still short."""
+        k = self.k
         batch: list[tuple[VMPage, VMObject]] = []
         for page in self._policy.victims(k, short):
             if page.busy or page.wire_count or not page.queue:
@@ -249,7 +284,7 @@ class Pagedaemon:
             if short <= 0:
                 break
         self.flush(batch)
-        return drained
+        return short
 
     def flush(self, batch: list[tuple[VMPage, VMObject]]) -> None:
         """Write busy pages to swap in clusters of consecutive pages of one

@@ -1,21 +1,27 @@
 """Processes: the user-level API of an address space, and the process glue
-of NetBSD's uvm_glue.c (fork/exit, u-areas and their cache).
+of NetBSD's uvm_glue.c — fork/exit (shared vmspaces, exec, unshare),
+u-areas and their cache, resource limits, run states and swapping
+(swapper.py), access checks and vslock, grow-down stacks, core files.
 
-A `Proc` owns a vmspace (a VMMap) and a u-area (USPACE bytes of wired kernel
-memory, from a cache of at most UAREA_CACHE entries, as uvm_uarea_alloc
-keeps).  Every public method validates its arguments completely (TypeError
-for non-int, EINVAL for bad values) before taking the kernel lock, then
-checks the map, then changes it: a failing call changes nothing.
+A `Proc` owns a reference to a vmspace (shared by `fork(shared=True)`) and
+a u-area: USPACE bytes of wired kernel memory from a cache of at most
+UAREA_CACHE entries, as uvm_uarea_alloc keeps.  Every public method
+validates its arguments completely (TypeError for non-int, EINVAL for bad
+values) before entering the kernel, then checks the map, then changes it:
+a failing call changes nothing.  Touching a swapped-out process swaps it in.
 
 Lock: each public method enters through `k.gate` (the kernel lock, held for
-its whole duration; sleeps inside drop it, see fault.py).
+its whole duration; sleeps inside drop it, see fault.py).  Module functions
+say what they need.
 """
 
 from __future__ import annotations
 
 import errno
+import time
 from typing import TYPE_CHECKING
 
+from . import coredump, resource, swapper
 from . import object as vm_object
 from .constants import (
     INHERIT_COPY,
@@ -38,21 +44,22 @@ from .constants import (
     PROT_MAX_EXTRACT,
     PROT_READ,
     PROT_WRITE,
+    UAREA_CACHE,
+    USPACE,
     VM_MAXUSER_ADDRESS,
     VM_MIN_ADDRESS,
 )
 from .errors import VMError, einval
-from .inspect import MapEntry, ProcStatus, SmapsInfo, entry_record, peek_map, peek_runs, smaps_record
-from .map import VMMap, VMMapEntry
-from .physmem import pool_prime, reserve
-from .uio import vm_read, vm_readinto, vm_write
+from .inspect import MapEntry, ProcStatus, SmapsInfo, entry_record, peek_map, smaps_record
+from .map import SGROWSIZ, STACK_NAME, VMMap, VMMapEntry
+from .physmem import Reservation, pool_prime, reserve, reserve_more
+from .uio import check_access, vm_read, vm_readinto, vm_write
+from .vmspace import Vmspace, vmspace_alloc, vmspace_fork, vmspace_free
 
 if TYPE_CHECKING:
     from .kernel import Kernel
     from .object import VMObject
 
-USPACE = 2 * PAGE_SIZE
-UAREA_CACHE = 16
 
 
 def _int(name: str, v: object) -> int:
@@ -88,30 +95,101 @@ def _prot(prot: object) -> tuple[int, int | None]:
 
 
 class Proc:
-    """A process: an address space plus its u-area.  See DESIGN.md."""
+    """A process: an address space plus its u-area.  See README.md."""
 
-    def __init__(self, k: Kernel, pid: int, ppid: int, name: str, vmspace: VMMap, uarea: int) -> None:
+    def __init__(self, k: Kernel, pid: int, ppid: int, name: str, vmspace: Vmspace, uarea: int,
+                 limits: resource.Limits) -> None:
         self.kernel = k
         self.pid = pid
         self.ppid = ppid
         self.name = name
         self.vmspace = vmspace
         self.uarea = uarea
+        self.limits = limits
         self.alive = True
+        self.run_state = "R"  # R running, S sleeping, T stopped
+        self.swapped = False
+        now = time.monotonic()
+        self.slept_at = 0.0  # when it last went to sleep or stopped
+        self.swapped_at = 0.0
+        self.resident_since = now
+        vmspace.stack_limit = limits[resource.RLIMIT_STACK][0]
 
     def __repr__(self) -> str:
         return f"<Proc {self.pid} {self.name!r}{'' if self.alive else ' exited'}>"
 
     @property
     def state(self) -> str:
-        return "R (running)" if self.alive else "Z (zombie)"
+        """R (running), S (sleeping), T (stopped), W (swapped out) or Z (exited)."""
+        if not self.alive:
+            return "Z"
+        return "W" if self.swapped else self.run_state
 
-    def _live(self) -> VMMap:
-        """The address space of a live process (lock held)."""
+    def _live(self) -> Vmspace:
+        """The address space of a live process, swapped in (lock held; the
+        swap-in may sleep)."""
+        k = self.kernel
+        k.check_open()
+        if not self.alive:
+            raise VMError(errno.ESRCH, f"process {self.pid} has exited")
+        if self.swapped:
+            pool_prime(k, entries=2)
+            swapper.swapin(k, self)
+            if not self.alive:
+                raise VMError(errno.ESRCH, f"process {self.pid} has exited")
+        return self.vmspace
+
+    # -- run states --------------------------------------------------------------
+
+    def _set_run_state(self, state: str) -> None:
+        with self.kernel.gate:
+            if state != "R":
+                self._live()
+                if self.run_state == "R":
+                    self.slept_at = time.monotonic()
+            else:
+                self._live()  # waking a swapped-out process swaps it in
+            self.run_state = state
+
+    def sleep(self) -> None:
+        """The process blocks (S): a candidate for the swapper."""
+        self._set_run_state("S")
+
+    def wake(self) -> None:
+        """The process runs again (R), swapped in first if it was out."""
+        self._set_run_state("R")
+
+    def stop(self) -> None:
+        """SIGSTOP (T)."""
+        self._set_run_state("T")
+
+    def cont(self) -> None:
+        """SIGCONT: running again (R)."""
+        self._set_run_state("R")
+
+    # -- resource limits ---------------------------------------------------------
+
+    def getrlimit(self, which: int) -> tuple[int, int]:
+        r = resource.resource(which)
+        with self.kernel.gate:
+            self._check_alive()
+            return self.limits[r]
+
+    def setrlimit(self, which: int, soft: int, hard: int) -> None:
+        """EINVAL: unknown resource, negative, soft > hard; EPERM: raising
+        the hard limit."""
+        r = resource.resource(which)
+        with self.kernel.gate:
+            self._check_alive()
+            self.limits[r] = resource.check_new_limit(self.limits[r], soft, hard)
+            if r == resource.RLIMIT_STACK:
+                self.vmspace.stack_limit = self.limits[r][0]
+
+    def _check_alive(self) -> None:
+        """ESRCH for an exited process, without swapping it in (lock held)."""
         self.kernel.check_open()
         if not self.alive:
             raise VMError(errno.ESRCH, f"process {self.pid} has exited")
-        return self.vmspace
 
     # -- mappings ---------------------------------------------------------------
 
@@ -149,6 +227,7 @@ class Proc:
         with k.gate:
             pool_prime(k, entries=3, objects=3)
             vmap = self._live()  # after priming, which may sleep
+            self._check_size_limits(vmap, size, f, p, maxp, a)
             if f & MAP_FIXED:
                 start = a
             else:
@@ -173,6 +252,23 @@ class Proc:
             e.needs_copy = target is not None and not shared
             vmap.insert(e)
             return start
+
+    def _check_size_limits(self, vmap: Vmspace, size: int, flags: int, prot: int, maxp: int | None,
+                           addr: int) -> None:
+        """RLIMIT_AS over the whole space, RLIMIT_DATA over private writable
+        memory (ENOMEM), counting what a MAP_FIXED mapping replaces."""
+        replaced = replaced_data = 0
+        if flags & MAP_FIXED:
+            for e in vmap.entries_in(addr, addr + size):
+                n = min(addr + size, e.end) - max(addr, e.start)
+                replaced += n
+                replaced_data += n if _is_data(e.shared, e.max_prot) else 0
+        if vmap.size - replaced + size > self.limits[resource.RLIMIT_AS][0]:
+            raise VMError(errno.ENOMEM, f"mmap of {size} bytes exceeds RLIMIT_AS")
+        if _is_data(bool(flags & MAP_SHARED), maxp if maxp is not None else PROT_ALL) and prot & PROT_WRITE:
+            data = sum(e.end - e.start for e in vmap.entries() if _is_data(e.shared, e.max_prot))
+            if data - replaced_data + size > self.limits[resource.RLIMIT_DATA][0]:
+                raise VMError(errno.ENOMEM, f"mmap of {size} bytes exceeds RLIMIT_DATA")
 
     def munmap(self, addr: int, length: int) -> None:
         start, end = _range(addr, length)
@@ -229,6 +325,12 @@ class Proc:
             if k.wired_limit is not None and (k.wired_user_pages + new_pages) * PAGE_SIZE > k.wired_limit:
                 raise VMError(errno.ENOMEM, f"mlock of {new_pages} pages exceeds the wired limit"
                                             f" ({k.wired_limit} bytes)")
+            memlock = self.limits[resource.RLIMIT_MEMLOCK][0]
+            if memlock == 0:
+                raise VMError(errno.EPERM, "RLIMIT_MEMLOCK is 0")
+            locked = sum(e.end - e.start for e in vmap.entries() if e.wired_count)
+            if locked + new_pages * PAGE_SIZE > memlock:
+                raise VMError(errno.ENOMEM, f"mlock of {new_pages} pages exceeds RLIMIT_MEMLOCK ({memlock} bytes)")
             with reserve(k, self._wire_frames(ents, start, end)) as resv:
                 pool_prime(k, entries=2, objects=2 + 2 * len(ents))
                 vmap = self._live()  # after priming, which may sleep
@@ -355,25 +457,139 @@ class Proc:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    def fork(self, name: str | None = None) -> Proc:
-        """A child whose address space follows each entry's inheritance."""
-        return self.kernel._fork(self, name)
+    def fork(self, name: str | None = None, shared: bool = False) -> Proc:
+        """A child whose address space follows each entry's inheritance, or
+        with `shared` the parent's own address space (uvmspace_share: a
+        vfork; writes are seen both ways)."""
+        if name is not None and not isinstance(name, str):
+            raise TypeError("name must be str")
+        if not isinstance(shared, bool):
+            raise TypeError("shared must be bool")
+        with self.kernel.gate:
+            return proc_fork(self.kernel, self, name or self.name, shared)
 
     def exit(self) -> None:
-        """uvm_exit: tear down the address space and release the u-area."""
-        self.kernel._exit(self)
+        """uvm_exit: drop the address space (torn down with its last user)
+        and release the u-area."""
+        with self.kernel.gate:
+            self._check_alive()
+            proc_exit(self.kernel, self)
 
-    def coredump_segments(self) -> list[tuple[MapEntry, list[tuple[int, bytes]]]]:
-        """uvm_coredump_walkmap: the segments a core file would hold — every
-        readable entry not marked MADV_NOCORE — each with the runs of
-        consecutive pages that have contents, as (address, bytes).  Pages
-        never written are absent (they read as zeros); nothing is paged in,
-        allocated or marked referenced."""
+    def exec(self) -> None:
+        """vmspace_exec: a fresh, empty address space; the old one is
+        dropped (torn down unless shared).  Limits stay."""
+        k = self.kernel
+        with k.gate:
+            old = self._live()
+            self.vmspace = vmspace_alloc(k, self.name)
+            self.vmspace.stack_limit = self.limits[resource.RLIMIT_STACK][0]
+            vmspace_free(old)
+
+    def unshare(self) -> None:
+        """vmspace_unshare: a private copy of a shared address space (as a
+        fork would make it); a no-op when nobody else shares it."""
+        k = self.kernel
+        with k.gate:
+            old = self._live()
+            if old.refcnt == 1:
+                return
+            with reserve(k, 0) as resv:
+                new = _fork_vmspace(k, self, resv)
+            new.stack_limit = old.stack_limit
+            self.vmspace = new
+            vmspace_free(old)
+
+    def map_stack(self, max_size: int, init_size: int = SGROWSIZ, addr: int = 0) -> int:
+        """vm_map_stack: reserve `max_size` bytes for a grow-down stack (at
+        `addr`, or where there is room, as high as possible), map its top
+        `init_size` bytes, and return the top address.  The lowest page is
+        a guard that is never mapped; faults below the mapped part grow it
+        (within max_size and RLIMIT_STACK).  ENOMEM if the range is not free."""
+        n = _int("max_size", max_size)
+        init = _int("init_size", init_size)
+        a = _int("addr", addr)
+        if n <= 0 or n & PAGE_MASK or init <= 0 or init & PAGE_MASK or init > n - PAGE_SIZE:
+            raise einval(f"stack sizes must be page multiples with 0 < init_size ({init})"
+                         f" <= max_size ({n}) - one guard page")
+        if a:
+            _range(a, n)
+        k = self.kernel
+        with k.gate:
+            pool_prime(k, entries=1)
+            vmap = self._live()  # after priming, which may sleep
+            if init > self.limits[resource.RLIMIT_STACK][0]:
+                raise VMError(errno.ENOMEM, f"stack of {init} bytes exceeds RLIMIT_STACK")
+            if a:
+                if vmap.entries_in(a, a + n):
+                    raise VMError(errno.ENOMEM, f"stack range {a:#x}-{a + n:#x} overlaps a mapping")
+                bos = a
+            else:
+                top_hint = VM_MAXUSER_ADDRESS - n
+                found = top_hint if not vmap.entries_in(top_hint, VM_MAXUSER_ADDRESS) else None
+                if found is None:
+                    found = vmap.find_space(VM_MIN_ADDRESS, n)
+                if found is None:
+                    raise VMError(errno.ENOMEM, f"no {n:#x}-byte hole for a stack")
+                bos = found
+            self._check_size_limits(vmap, init, MAP_PRIVATE | MAP_ANON, PROT_READ | PROT_WRITE, None, bos)
+            top = bos + n
+            e = VMMapEntry(top - init, top, None, 0, PROT_READ | PROT_WRITE, PROT_ALL, INHERIT_COPY, False,
+                           STACK_NAME)
+            e.grow_floor = bos + PAGE_SIZE
+            vmap.insert(e)
+            return top
+
+    # -- access checks and wiring for I/O ---------------------------------------------
+
+    def useracc(self, addr: int, length: int, prot: int) -> bool:
+        """uvm_useracc: whether all of the range is mapped with `prot`
+        (False on any hole, or a range outside user space)."""
+        a, n = _int("addr", addr), _int("length", length)
+        pr = _int("prot", prot)
+        if pr & ~PROT_ALL or pr < 0:
+            raise einval(f"bad protection {pr:#x}")
+        with self.kernel.gate:
+            vmap = self._live()
+            if a < VM_MIN_ADDRESS or n < 0 or a + n > VM_MAXUSER_ADDRESS:
+                return False
+            return vmap.check_protection(a & ~PAGE_MASK, (a + n + PAGE_MASK) & ~PAGE_MASK, pr)
+
+    def vslock(self, addr: int, length: int, prot: int = PROT_READ | PROT_WRITE) -> None:
+        """uvm_vslock: fault in and wire a range for I/O (all or nothing; not
+        charged to RLIMIT_MEMLOCK).  SegmentationFault where `prot` is not
+        allowed; undo with vsunlock."""
+        start, end = _range(addr & ~PAGE_MASK if isinstance(addr, int) and not isinstance(addr, bool) else addr,
+                            length)
+        pr = _int("prot", prot)
         k = self.kernel
         with k.gate:
             vmap = self._live()
-            return [(entry_record(e), peek_runs(k, vmap, e)) for e in vmap.entries()
-                    if e.prot & PROT_READ and not e.nocore]
+            check_access(vmap, start, end - start, pr if pr & PROT_WRITE else PROT_READ)
+            ents = vmap.require_mapped(start, end)
+            with reserve(k, self._wire_frames(ents, start, end)) as resv:
+                pool_prime(k, entries=2, objects=2 + 2 * len(ents))
+                vmap = self._live()
+                vmap.wire(start, end, resv)
+
+    def vsunlock(self, addr: int, length: int) -> None:
+        """uvm_vsunlock: unwire what vslock wired."""
+        self.munlock(addr & ~PAGE_MASK if isinstance(addr, int) and not isinstance(addr, bool) else addr, length)
+
+    def coredump_segments(self) -> list[coredump.CoreSegment]:
+        """uvm_coredump_walkmap (see coredump.walk): one segment per entry,
+        with the runs of pages that have contents; never pages anything in
+        or materialises untouched memory."""
+        with self.kernel.gate:
+            return coredump.walk(self.kernel, self._live())
+
+    def coredump(self, path: str) -> None:
+        """Write an ELF core file of the process to `path` (mode 0600)."""
+        if not isinstance(path, str):
+            raise TypeError("path must be str")
+        with self.kernel.gate:
+            segments = coredump.walk(self.kernel, self._live())
+            state = self.state
+        coredump.write_core(path, segments, self.name, self.pid, self.ppid, state=state)
 
     # -- inspection --------------------------------------------------------------------
 
@@ -387,9 +603,108 @@ class Proc:
             return [smaps_record(self.kernel, vmap, e) for e in vmap.entries()]
 
     def status(self) -> ProcStatus:
+        """Name, state, sizes (side-effect free: a swapped-out process stays out)."""
         with self.kernel.gate:
-            vmap = self._live()
+            self._check_alive()
+            vmap = self.vmspace
             sm = [smaps_record(self.kernel, vmap, e) for e in vmap.entries()]
-            return ProcStatus(self.name, self.state, self.pid, self.ppid, vmap.size,
+            return ProcStatus(self.name, STATE_NAMES[self.state], self.pid, self.ppid, vmap.size,
                               sum(s.rss for s in sm), sum(s.swap for s in sm),
-                              sum(e.end - e.start for e in vmap.entries() if e.wired_count))
+                              sum(e.end - e.start for e in vmap.entries() if e.wired_count),
+                              sum(e.end - e.start for e in vmap.entries() if e.name == STACK_NAME))
+
+
+STATE_NAMES = {"R": "R (running)", "S": "S (sleeping)", "T": "T (stopped)", "W": "W (swapped out)",
+               "Z": "Z (zombie)"}
+
+
+def _is_data(shared: bool, max_prot: int) -> bool:
+    """Memory RLIMIT_DATA counts: private and possibly writable."""
+    return not shared and bool(max_prot & PROT_WRITE)
+
+
+# -- the process glue (kernel lock held by every caller) ----------------------------------
+
+def uarea_alloc(k: Kernel) -> int:
+    """uvm_uarea_alloc: from the cache, else wired kmem (may wait for memory)."""
+    if k.uarea_cache:
+        return k.uarea_cache.pop()
+    return k.kmem.alloc_locked(k.kmem_map, USPACE, "uarea")
+
+
+def uarea_free(k: Kernel, addr: int) -> None:
+    """uvm_uarea_free: keep up to UAREA_CACHE, free the rest."""
+    if len(k.uarea_cache) < UAREA_CACHE:
+        k.uarea_cache.append(addr)
+    else:
+        k.kmem_map.delete(addr, addr + USPACE)
+
+
+def drain_uareas(k: Kernel) -> int:
+    """Free the cached u-areas (a pagedaemon reclaimer); returns pages freed."""
+    freed = 0
+    while k.uarea_cache:
+        addr = k.uarea_cache.pop()
+        k.kmem_map.delete(addr, addr + USPACE)
+        freed += USPACE >> PAGE_SHIFT
+    return freed
+
+
+def proc_spawn(k: Kernel, name: str) -> Proc:
+    """A process with an empty address space and the initial limits."""
+    uarea = uarea_alloc(k)
+    pid = k.allocate_pid()
+    p = Proc(k, pid, 0, name, vmspace_alloc(k, name), uarea, resource.initial_limits(k.physmem.limit,
+                                                                                      k.wired_limit))
+    k.proctab[pid] = p
+    return p
+
+
+def _fork_vmspace(k: Kernel, parent: Proc, resv: Reservation) -> Vmspace:
+    """A copy of the parent's space per inheritance.  Everything that can
+    wait for memory — the frames for the eager copy of wired memory, the
+    pool items — is had first and re-checked after any sleep, so the copy
+    itself never sleeps and a failure leaves nothing behind."""
+    def wired_pages(vmap: VMMap) -> int:
+        return sum(e.npages for e in vmap.entries() if e.wired_count and e.inheritance == INHERIT_COPY)
+
+    while True:
+        reserve_more(k, resv, wired_pages(parent._live()))
+        n = parent._live().tree.count
+        pool_prime(k, entries=n + 1, objects=n + 1)
+        vmap = parent._live()
+        if len(resv.frames) >= wired_pages(vmap) and vmap.tree.count <= n:
+            return vmspace_fork(k, vmap, parent.name, resv)
+
+
+def proc_fork(k: Kernel, parent: Proc, name: str, shared: bool) -> Proc:
+    """uvm_fork: the child's u-area and address space (copied, or shared),
+    its limits inherited.  OutOfMemory leaves no half-made child."""
+    parent._live()
+    with reserve(k, 0) as resv:
+        uarea = uarea_alloc(k)
+        try:
+            if shared:
+                vmspace = parent._live()
+                vmspace.refcnt += 1
+            else:
+                vmspace = _fork_vmspace(k, parent, resv)
+        except BaseException:
+            uarea_free(k, uarea)
+            raise
+    pid = k.allocate_pid()
+    child = Proc(k, pid, parent.pid, name, vmspace, uarea, dict(parent.limits))
+    k.proctab[pid] = child
+    k.uvmexp.forks += 1
+    return child
+
+
+def proc_exit(k: Kernel, p: Proc) -> None:
+    """uvm_exit: drop the vmspace and free the u-area."""
+    p.alive = False
+    if p.swapped:  # its u-area is pageable: wire nothing back, just free it
+        p.swapped = False
+    vmspace_free(p.vmspace)
+    uarea_free(k, p.uarea)
+    del k.proctab[p.pid]
+    k.uvmexp.exits += 1

@@ -1,5 +1,10 @@
 """vmspaces: a process's address space, and fork/exec/unshare of it.
 
+A `Vmspace` is a user map plus the number of processes that share it
+(`refcnt`: uvmspace_share / vfork); it is destroyed with its last user
+(`vmspace_free`).  exec gives a process a fresh one, unshare a private copy
+made by `vmspace_fork`.
+
 `vmspace_fork` copies a map entry by entry according to inheritance
 (vm_map_copy_entry): INHERIT_NONE leaves the range out of the child;
 INHERIT_SHARE gives the child the same object (created now if the entry was
@@ -29,8 +34,24 @@ if TYPE_CHECKING:
     from .physmem import Reservation
 
 
-def vmspace_alloc(k: Kernel, name: str) -> VMMap:
-    return VMMap(k, VM_MIN_ADDRESS, VM_MAXUSER_ADDRESS, name)
+class Vmspace(VMMap):
+    """A process address space: the user map and its count of sharers."""
+
+    def __init__(self, k: Kernel, name: str) -> None:
+        super().__init__(k, VM_MIN_ADDRESS, VM_MAXUSER_ADDRESS, name)
+        self.refcnt = 1
+
+
+def vmspace_alloc(k: Kernel, name: str) -> Vmspace:
+    """An empty address space with one user (lock held or not: no VM state)."""
+    return Vmspace(k, name)
+
+
+def vmspace_free(vm: Vmspace) -> None:
+    """Drop one user; the last one tears the map down (lock held)."""
+    vm.refcnt -= 1
+    if vm.refcnt == 0:
+        vm.destroy()
 
 
 def _copy_wired(k: Kernel, old: VMMap, d: VMMapEntry, resv: Reservation) -> None:
@@ -45,7 +66,7 @@ def _copy_wired(k: Kernel, old: VMMap, d: VMMapEntry, resv: Reservation) -> None
             hypercall.page_copy(page.addr, src.addr)
 
 
-def vmspace_fork(k: Kernel, old: VMMap, name: str, resv: Reservation) -> VMMap:
+def vmspace_fork(k: Kernel, old: VMMap, name: str, resv: Reservation) -> Vmspace:
     """Copy `old` per inheritance.  Requires the lock, primed pools, and
     frames in `resv` for every page of wired INHERIT_COPY entries; never
     sleeps, so no half-built map is ever visible."""

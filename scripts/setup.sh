@@ -7,7 +7,8 @@
 set -euo pipefail
 
 rumpvm_setup() {
-    local root pkgs=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv) missing=() p
+    # gdb and binutils (readelf): tests/test_coredump.py reads core files back with them.
+    local root pkgs=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv gdb binutils) missing=() p
     root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
     cd "$root"
 

@@ -28,20 +28,11 @@ from pages import bad_pages, fill, pattern, settle
 
 import rumpvm
 from rumpvm import MADV_FREE, MAP_SHARED, PAGE_SIZE, PROT_READ, PROT_WRITE, OutOfMemory, VMError
-
-try:  # the page allocator moved out of Kernel; accept either home
-    from rumpvm.physmem import page_alloc as _page_alloc
-except ImportError:  # pragma: no cover - older kernels
-    _page_alloc = None
+from rumpvm.physmem import page_alloc
 
 P = PAGE_SIZE
 M = 1 << 20
 RW = PROT_READ | PROT_WRITE
-
-
-def page_alloc(k, obj, pindex: int):
-    """Allocate a page of `obj` at `pindex` by hand (lock held)."""
-    return _page_alloc(k, obj, pindex) if _page_alloc is not None else k.page_alloc(obj, pindex)
 
 
 def entries_in(p, start: int, end: int):
@@ -654,7 +645,8 @@ def test_d10_coredump_segments_of_huge_untouched_mapping():
         s1 = k.stats()
         assert (s1["resident"], s1["pageins"]) == (s0["resident"], s0["pageins"])
         pages = {}
-        for entry, runs in segs:
+        for seg in segs:
+            entry, runs = seg.entry, seg.runs
             for va, data in runs:
                 assert entry.start <= va and va + len(data) <= entry.end
                 assert va % P == 0 and len(data) % P == 0
@@ -904,7 +896,7 @@ def test_x1_fork_when_uarea_cache_empties_while_it_waits():
             assert k.pagedaemon.wait_idle(10)
             if t.is_alive():
                 with k.lock:
-                    cached = len(getattr(k, "uarea_cache", ()))
+                    cached = len(k.uarea_cache)
                 if cached:
                     k.spawn(name="takes-the-cached-uarea")
 
@@ -914,7 +906,7 @@ def test_x1_fork_when_uarea_cache_empties_while_it_waits():
 
                 assert wait_for(grabbed_all)
                 with k.lock:
-                    held = sum(len(rv.frames) for rv in getattr(k, "reservations", ()))
+                    held = sum(len(rv.frames) for rv in k.reservations)
                 lacking = max(1, w - held)
                 freed = lacking
                 q.munmap(x + (xn - freed) * P, freed * P)  # exactly what the reservation lacks

@@ -21,6 +21,7 @@ so a crash there is a failure of this test, not a lost test run.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import random
 import struct
@@ -43,7 +44,7 @@ TAG = 0x7EA1
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
 JOIN = 60.0  # bound on a thread's end after it was told to stop (never expected to be reached)
-MIN_PAGING = 200  # page-ins and page-outs that must happen while the inspection reads run
+MIN_PAGING = 1000  # page-ins and page-outs that must happen while the inspection reads run
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -72,10 +73,13 @@ class Pager:
     """Threads that keep paging the mapping: each reads random pages (and
     runs of 8, which trigger read-ahead) through `p.read` and writes a third
     of them back with their own pattern, so pages are dirty and must be
-    written to swap again.  `hot[w]` is the page thread w is about to fault."""
+    written to swap again.  `hot[w]` is the page thread w is about to fault;
+    with `shared` (a file mapped by another process too) it is also stored
+    there, as the 8-byte little-endian word w."""
 
-    def __init__(self, p: rumpvm.Proc, a: int, pats: list[bytes], nthreads: int = 2) -> None:
-        self.p, self.a, self.pats = p, a, pats
+    def __init__(self, p: rumpvm.Proc, a: int, pats: list[bytes], nthreads: int = 2,
+                 shared: mmap.mmap | None = None) -> None:
+        self.p, self.a, self.pats, self.shared = p, a, pats, shared
         self.stop = threading.Event()
         self.started = [threading.Event() for _ in range(nthreads)]
         self.hot = [0] * nthreads
@@ -91,6 +95,8 @@ class Pager:
                 first = rng.randrange(NPAGES)
                 for pg in range(first, min(NPAGES, first + rng.choice((1, 1, 8)))):
                     self.hot[w] = pg
+                    if self.shared is not None:
+                        struct.pack_into("<Q", self.shared, 8 * w, pg)
                     got = p.read(a + pg * P, P)
                     if got != pats[pg]:
                         self.bad.extend(describe(f"p.read by pager {w}", pg, got, pats))
@@ -144,6 +150,12 @@ def paging_kernel() -> Iterator[rumpvm.Kernel]:
         yield k
 
 
+def entry_and_runs(seg: Any) -> tuple[Any, list[tuple[int, bytes]]]:
+    """(map entry, runs) of a coredump segment: a CoreSegment record, or
+    the older (entry, runs) pair."""
+    return (seg.entry, seg.runs) if hasattr(seg, "runs") else (seg[0], seg[1])
+
+
 def paging_counts(k: rumpvm.Kernel) -> tuple[int, int]:
     s = k.stats()
     return s["pageins"], s["pageouts"]
@@ -164,7 +176,7 @@ def test_inspection_reads_never_see_another_page_while_paging(paging_kernel: rum
     dumps = [0]
 
     def check_coredump() -> None:
-        segs = [runs for e, runs in p.coredump_segments() if e.start <= a < e.end]
+        segs = [runs for e, runs in map(entry_and_runs, p.coredump_segments()) if e.start <= a < e.end]
         assert len(segs) == 1, f"the mapping is not one coredump segment: {len(segs)}"
         seen = 0
         for addr, data in segs[0]:
@@ -218,17 +230,22 @@ def test_inspection_reads_never_see_another_page_while_paging(paging_kernel: rum
 FUSE_READS = 3000
 
 _READER = r"""
-import json, os, random, sys
+import json, mmap, os, random, sys
 from pages import pattern
 from rumpvm import PAGE_SIZE as P
-mem, data, a, objoff, npages, tag, count = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:8])
+mem, data, hotfile, a, objoff, npages, tag, count = *sys.argv[1:4], *map(int, sys.argv[4:9])
 rng = random.Random(3)
 fds = {"mem": os.open(mem, os.O_RDONLY), "data": os.open(data, os.O_RDONLY)}
+with open(hotfile, "rb") as f:
+    hot = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 bad, pages = [], 0
 for _ in range(count):
     which = rng.choice(("mem", "data"))
-    first = rng.randrange(npages)
-    n = min(rng.randint(1, 32), npages - first)
+    if rng.random() < 0.5:  # around a page a pager thread is faulting in now
+        first = max(0, int.from_bytes(hot[8 * rng.randrange(2):][:8], "little") - rng.randrange(2))
+    else:
+        first = rng.randrange(npages)
+    n = min(rng.randint(1, 16), npages - first)
     off = (a if which == "mem" else objoff) + first * P
     got = os.pread(fds[which], n * P, off)
     if len(got) != n * P:
@@ -254,12 +271,16 @@ def test_vm_mem_and_data_reads_never_see_another_page_while_paging(
 
     k = paging_kernel
     p, a, oid, objoff, pats = populate(k)
-    with mounted(k, tmp_path / "vm") as root, Pager(p, a, pats):
+    hotfile = tmp_path / "hot"
+    hotfile.write_bytes(bytes(16))
+    with open(hotfile, "r+b") as f:
+        shared = mmap.mmap(f.fileno(), 16)
+    with mounted(k, tmp_path / "vm") as root, Pager(p, a, pats, shared=shared):
         before = paging_counts(k)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (TESTS, os.environ.get("PYTHONPATH")))))
         r = subprocess.run(
             [sys.executable, "-c", _READER, str(root / "proc" / str(p.pid) / "mem"),
-             str(root / "objects" / str(oid) / "data"), str(a), str(objoff), str(NPAGES), str(TAG),
+             str(root / "objects" / str(oid) / "data"), str(hotfile), str(a), str(objoff), str(NPAGES), str(TAG),
              str(FUSE_READS)],
             capture_output=True, text=True, timeout=55, cwd=REPO, env=env)
         after = paging_counts(k)
@@ -285,7 +306,7 @@ import rumpvm
 from rumpvm import PAGE_SIZE as P, VMError
 
 rounds, join = int(sys.argv[1]), float(sys.argv[2])
-bad, eshutdown = [], 0
+bad, eshutdown, in_pagein = [], 0, 0
 for rnd in range(rounds):
     k = rumpvm.Kernel(memlimit="1M", swap="8M")
     procs = [k.spawn(name=f"t{i}") for i in range(4)]
@@ -293,7 +314,7 @@ for rnd in range(rounds):
     out = [None] * 4
 
     def body(i, p):
-        n = 48
+        n = 96
         data = bytes([i + 1]) * (n * P)
         try:
             a = p.mmap(n * P)
@@ -335,6 +356,11 @@ for rnd in range(rounds):
         t.start()
     for ev in looping:
         ev.wait(join)
+    if rnd % 3:  # close while a thread reads swap with the lock dropped (a page-in: fake pages)
+        for _ in range(1_000_000):
+            if any(pg.fake for pg in list(k.io_pages)):
+                in_pagein += 1
+                break
     early = [(i, out[i]) for i in range(4) if out[i] is not None]
     if early:  # a thread ended before close(): the race was not run
         bad.append((rnd, "ended before close", early))
@@ -354,7 +380,7 @@ for rnd in range(rounds):
         break  # later rounds would only repeat it
     del k, procs, ts
     gc.collect()
-print(json.dumps({"bad": bad, "eshutdown": eshutdown}))
+print(json.dumps({"bad": bad, "eshutdown": eshutdown, "in_pagein": in_pagein}))
 sys.stdout.flush()
 """
 
@@ -374,4 +400,5 @@ def test_close_while_four_threads_are_busy_inside_the_kernel() -> None:
     # No thread may stop by itself before close(), so every one of them must
     # have met close() (a call raising ESHUTDOWN) in every round.
     assert out["eshutdown"] == 4 * CLOSE_ROUNDS, out
+    assert out["in_pagein"] >= CLOSE_ROUNDS // 3, f"close() seldom met a page-in in progress: {out}"
 

@@ -1,0 +1,593 @@
+"""Adversarial tests: short call sequences that break a promise of README.md,
+and a bounded stateful search over the places `test_model_stateful.py` does
+not go.
+
+Each `test_bug_*` is a minimal deterministic regression test for a bug found
+this way; its docstring says what goes wrong.
+
+`TestAdversaryMachine` drives 2-4 processes of one kernel under a memory
+limit with swap through random sequences that mix: mlock/munlock with fork
+and mprotect round trips on wired memory, INHERIT_SHARE/INHERIT_NONE mixes,
+MADV_FREE after forks and exits, shared objects written and read both by
+their handle (`k.object_write`/`k.object_peek`) and through mappings, partial
+munmap of objects before and after `detach()`, `k.memlimit` lowered and
+raised mid-sequence, `readinto`/`write` with odd buffers, calls on exited
+processes, objects of another kernel, and garbage arguments (huge, negative,
+wrong types).  After every step `k.check()` must pass and every process's
+maps and bytes, and every held object's bytes, must equal the reference
+model (`model.py`).  At teardown every process exits and every object is
+detached: then the kernel must be back to its boot state (no object but the
+kernel's, no swap slot, resident equal to the boot value once the pools and
+the u-area cache are drained).
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import random
+
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+import rumpvm
+from rumpvm import (
+    INHERIT_COPY,
+    INHERIT_NONE,
+    INHERIT_SHARE,
+    MADV_DONTNEED,
+    MADV_FREE,
+    MADV_WILLNEED,
+    MAP_ANON,
+    MAP_FIXED,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PAGE_SIZE,
+    PROT_MAX,
+    PROT_NONE,
+    PROT_READ,
+    PROT_WRITE,
+)
+
+try:
+    from .model import Model, ModelError, ModelSegv, Space
+except ImportError:  # tests/ is not a package: rootdir-relative import
+    from model import Model, ModelError, ModelSegv, Space
+
+P = PAGE_SIZE
+RW = PROT_READ | PROT_WRITE
+
+
+def drained(k: rumpvm.Kernel) -> dict[str, int]:
+    """k.stats() once the pagedaemon is idle and the pools and the u-area
+    cache are drained (what the pagedaemon's reclaimer does under pressure)."""
+    assert k.pagedaemon.wait_idle(30), "pagedaemon did not settle"
+    with k.gate:
+        k._drain_pools()
+    return k.stats()
+
+
+# ---------------------------------------------------------------------------
+# Regression tests for bugs found (each fails until its bug is fixed)
+# ---------------------------------------------------------------------------
+
+
+def test_bug_detach_object_of_another_kernel():
+    """k1.detach_object(o) for an object `o` of kernel k2 is not refused with
+    EINVAL (README: an object of another kernel is EINVAL): it raises a bare
+    KeyError and leaves k2 with a dead-but-listed object (k2.check() fails)."""
+    with rumpvm.Kernel() as k1, rumpvm.Kernel() as k2:
+        o = k2.create_object(P)
+        with pytest.raises(rumpvm.VMError) as ei:
+            k1.detach_object(o)
+        assert ei.value.errno == errno.EINVAL
+        k1.check()
+        k2.check()
+        o.detach()  # the caller's hold is still there
+        k2.check()
+
+
+def test_bug_object_write_into_unreachable_range_of_detached_object():
+    """After detach(), k.object_write by id into a page that no mapping
+    reaches any more allocates a page nothing can reach: k.check() reports a
+    leak ("pages/slots nothing can reach")."""
+    with rumpvm.Kernel() as k:
+        p = k.spawn()
+        o = k.create_object(4 * P)
+        a = p.mmap(4 * P, flags=MAP_SHARED, obj=o)
+        p.write(a, b"x" * 4 * P)
+        o.detach()
+        p.munmap(a + P, 2 * P)  # pages 1-2 of o: nothing reaches them now
+        k.check()
+        try:
+            k.object_write(o.id, P, b"y")
+        except rumpvm.VMError:
+            pass  # refusing is fine; leaking is not
+        k.check()
+
+
+def test_bug_object_write_into_kernel_object():
+    """k.object_write accepts the id of the kernel's own object (the one
+    object at boot, backing u-areas and kmem): it overwrites kernel memory
+    (here the next process's u-area, which kmem_alloc promises zeroed) and
+    leaves a pageable kernel page that nothing ever frees."""
+    with rumpvm.Kernel() as k:
+        (kobj,) = k.objects()
+        assert kobj.type == "kernel"
+        try:
+            k.object_write(kobj.id, 0, b"EVIL")
+        except rumpvm.VMError:
+            pass
+        p = k.spawn()
+        assert k.object_peek(kobj.id, p.uarea - 0xFFFF800000000000, 4) == bytes(4)
+        k.check()
+
+
+# ---------------------------------------------------------------------------
+# The stateful search
+# ---------------------------------------------------------------------------
+
+BASE = 0x3_0000_0000  # the window: far from anything spawn maps
+NWIN = 16
+MAX_PROCS = 4
+OBJ_PAGES = 4
+DATA = random.Random(4321).randbytes(1 << 15)
+LIMITS = ["320K", "384K", "512K", "2M"]
+EXTRA = 96  # written pages beyond the window, so that paging happens
+
+procs = st.integers(0, MAX_PROCS - 1)
+# a window page, or (more often) one the process has mapped
+pages = st.one_of(st.integers(0, NWIN - 1).map(lambda s: ("win", s)),
+                  st.integers(0, 1 << 16).map(lambda t: ("mapped", t)),
+                  st.integers(0, 1 << 16).map(lambda t: ("mapped", t)))
+npages = st.sampled_from([1, 1, 2, 3, 4, 6])
+prots = st.sampled_from([
+    PROT_NONE, PROT_READ, RW, RW, RW,
+    PROT_READ | PROT_MAX(PROT_READ), PROT_READ | PROT_MAX(RW), RW | PROT_MAX(RW),
+])
+inherits = st.sampled_from([INHERIT_SHARE, INHERIT_SHARE, INHERIT_COPY, INHERIT_NONE])
+byte_offsets = st.integers(0, P - 1)
+sizes = st.one_of(st.integers(1, 64), st.integers(1, 2 * P + 16))
+garbage = st.sampled_from([
+    -1, -P, 0, 1, P - 1, 1 << 63, (1 << 64) + P, -(1 << 70), 0x7FFFFFFFF000, 0x7FFFFFFFE000,
+    True, None, 1.0, "4096", b"", [],
+])
+
+
+class AdversaryMachine(RuleBasedStateMachine):
+    KERNEL_ARGS = {"memlimit": "384K", "swap": "16M", "oom_timeout": 5.0}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.k = rumpvm.Kernel(**self.KERNEL_ARGS)
+        self.boot = drained(self.k)
+        self.m = Model()
+        p = self.k.spawn(name="a0")
+        sp = Space(reserved=[(e.start, e.end) for e in p.maps()])
+        self.procs: list[tuple[rumpvm.Proc, Space]] = [(p, sp)]
+        self.exited: list[rumpvm.Proc] = []
+        self.objects: list[tuple[rumpvm.VMObject, int]] = []  # held: (handle, model key)
+        self.detached: list[rumpvm.VMObject] = []
+        self.nobj = 0
+        self.other = None  # a second kernel, for objects of another kernel
+
+    @initialize(layout=st.sampled_from(["full", "full", "striped"]), shared=st.booleans())
+    def populate(self, layout, shared):
+        """A written window (private or MAP_SHARED, whole or striped) and
+        EXTRA written private pages after it."""
+        p, sp = self.procs[0]
+        spans = [(0, NWIN)] if layout == "full" else [(s, 3) for s in range(0, NWIN, 4)]
+        spans.append((NWIN, EXTRA))
+        for j, (s, n) in enumerate(spans):
+            flags = (MAP_SHARED if shared and j < len(spans) - 1 else MAP_PRIVATE) | MAP_ANON | MAP_FIXED
+            addr = BASE + s * P
+            assert p.mmap(n * P, flags=flags, addr=addr) == addr
+            self.m.mmap(sp, n * P, RW, flags, addr)
+            for v in range(n):
+                data = DATA[(s + v) * 37:(s + v) * 37 + P]
+                p.write(addr + v * P, data)
+                self.m.write(sp, addr + v * P, data)
+
+    def teardown(self) -> None:
+        """Everything goes; the kernel must be back to its boot state."""
+        try:
+            for p, _ in self.procs:
+                p.exit()
+            for o, _ in self.objects:
+                o.detach()
+            self.k.check()
+            st_ = drained(self.k)
+            keys = ("objects", "procs", "active", "inactive", "wired", "swpginuse", "resident")
+            got = {key: st_[key] for key in keys}
+            want = {key: self.boot[key] for key in keys}
+            assert got == want, f"after everything exited: {got}, at boot: {want}"
+            for o in self.detached + [o for o, _ in self.objects]:
+                assert o.dead, f"object {o.id} survived everything"
+            self.k.check()
+        finally:
+            self.k.close()
+            if self.other is not None:
+                self.other.close()
+
+    # -- plumbing ------------------------------------------------------------
+
+    def pick(self, i: int) -> tuple[rumpvm.Proc, Space]:
+        return self.procs[i % len(self.procs)]
+
+    @staticmethod
+    def at(sp: Space, where: tuple[str, int]) -> int:
+        """The address `where` designates in this process."""
+        kind, n = where
+        if kind == "mapped":
+            mine = sorted(v for v in sp.pages if BASE // P <= v < BASE // P + NWIN + EXTRA)
+            if mine:
+                return mine[n % len(mine)] * P
+            n %= NWIN
+        return BASE + n * P
+
+    def both(self, what, kcall, mcall):
+        """Run model then kernel; outcomes must agree.  Returns (kernel, model)
+        or None when both failed alike."""
+        try:
+            expected, exp_exc = mcall(), None
+        except (ModelError, ModelSegv) as e:
+            expected, exp_exc = None, e
+        try:
+            got = kcall()
+        except rumpvm.SegmentationFault as e:
+            assert isinstance(exp_exc, ModelSegv), f"{what}: kernel {e!r}, model {exp_exc!r}"
+            assert (e.addr, e.access, e.code) == (exp_exc.addr, exp_exc.access, exp_exc.code), \
+                f"{what}: kernel {e!r}, model {exp_exc}"
+            return None
+        except rumpvm.VMError as e:
+            assert isinstance(exp_exc, ModelError), f"{what}: kernel {e!r}, model {exp_exc!r}"
+            assert e.errno == exp_exc.errno, f"{what}: kernel {e!r}, model {exp_exc}"
+            return None
+        assert exp_exc is None, f"{what}: kernel succeeded ({got!r}), model expected {exp_exc}"
+        return got, expected
+
+    def sharers(self, g: int) -> int:
+        """Live pages that hold group `g`, plus one for a held object's page."""
+        n = sum(1 for _, sp in self.procs for pg in sp.pages.values() if pg.group == g)
+        held = {key for _, key in self.objects}
+        n += sum(1 for (key, _), gg in self.m.obj_pages.items() if gg == g and key in held)
+        return n
+
+    # -- mappings ------------------------------------------------------------
+
+    @rule(i=procs, start=pages, n=npages, prot=prots, shared=st.booleans())
+    def mmap_fixed(self, i, start, n, prot, shared):
+        p, sp = self.pick(i)
+        flags = (MAP_SHARED if shared else MAP_PRIVATE) | MAP_ANON | MAP_FIXED
+        addr = self.at(sp, start)
+        self.both(f"p{p.pid}.mmap({n}p, {prot:#x}, {flags:#x}, {addr:#x})",
+                  lambda: p.mmap(n * P, prot=prot, flags=flags, addr=addr),
+                  lambda: self.m.mmap(sp, n * P, prot, flags, addr))
+
+    @precondition(lambda self: len(self.objects) < 3)
+    @rule()
+    def create_object(self):
+        o = self.k.create_object(OBJ_PAGES * P)
+        key = self.nobj
+        self.nobj += 1
+        self.m.create_object(key, OBJ_PAGES * P)
+        self.objects.append((o, key))
+
+    @precondition(lambda self: self.objects)
+    @rule(i=procs, which=st.integers(0, 2), off=st.integers(0, OBJ_PAGES - 1), n=npages,
+          start=pages, prot=prots)
+    def mmap_object(self, i, which, off, n, start, prot):
+        p, sp = self.pick(i)
+        o, key = self.objects[which % len(self.objects)]
+        n = min(n, OBJ_PAGES - off)
+        addr = self.at(sp, start)
+        flags = MAP_SHARED | MAP_FIXED
+        self.both(f"p{p.pid}.mmap({n}p, {prot:#x}, obj{key}+{off}p, {addr:#x})",
+                  lambda: p.mmap(n * P, prot=prot, flags=flags, addr=addr, obj=o, offset=off * P),
+                  lambda: self.m.mmap(sp, n * P, prot, flags, addr, key, off * P))
+
+    @rule(i=procs, start=pages, n=npages)
+    def munmap(self, i, start, n):
+        p, sp = self.pick(i)
+        addr = self.at(sp, start)
+        self.both(f"p{p.pid}.munmap({addr:#x}, {n}p)", lambda: p.munmap(addr, n * P),
+                  lambda: self.m.munmap(sp, addr, n * P))
+
+    @rule(i=procs, start=pages, n=npages, prot=prots)
+    def mprotect(self, i, start, n, prot):
+        p, sp = self.pick(i)
+        addr = self.at(sp, start)
+        self.both(f"p{p.pid}.mprotect({addr:#x}, {n}p, {prot:#x})", lambda: p.mprotect(addr, n * P, prot),
+                  lambda: self.m.mprotect(sp, addr, n * P, prot))
+
+    @rule(i=procs, start=pages, n=npages, inh=inherits)
+    def minherit(self, i, start, n, inh):
+        p, sp = self.pick(i)
+        addr = self.at(sp, start)
+        vpn = addr // P
+        if inh == INHERIT_COPY and any(self.m.is_shared_group(sp.pages[v].group)
+                                       for v in range(vpn, vpn + n) if v in sp.pages):
+            return  # COW over shared memory: parent copies too; the model cannot say
+        self.both(f"p{p.pid}.minherit({addr:#x}, {n}p, {inh})", lambda: p.minherit(addr, n * P, inh),
+                  lambda: self.m.minherit(sp, addr, n * P, inh))
+
+    @rule(i=procs, start=pages, n=npages)
+    def mlock(self, i, start, n):
+        p, sp = self.pick(i)
+        addr = self.at(sp, start)
+        wired_now = sum(pg.wired for _, s in self.procs for pg in s.pages.values())
+        self.both(f"p{p.pid}.mlock({addr:#x}, {n}p)", lambda: p.mlock(addr, n * P),
+                  lambda: self.m.mlock(sp, addr, n * P, wired_now, self.k.wired_limit))
+
+    @rule(i=procs, start=pages, n=npages)
+    def munlock(self, i, start, n):
+        p, sp = self.pick(i)
+        addr = self.at(sp, start)
+        self.both(f"p{p.pid}.munlock({addr:#x}, {n}p)", lambda: p.munlock(addr, n * P),
+                  lambda: self.m.munlock(sp, addr, n * P))
+
+    @rule(i=procs, start=pages, n=npages, advice=st.sampled_from([MADV_DONTNEED, MADV_WILLNEED]))
+    def madvise(self, i, start, n, advice):
+        p, sp = self.pick(i)
+        addr = self.at(sp, start)
+        self.both(f"p{p.pid}.madvise({addr:#x}, {n}p, {advice})", lambda: p.madvise(addr, n * P, advice),
+                  lambda: self.m.madvise(sp, addr, n * P, advice))
+
+    @rule(i=procs, start=pages, n=npages)
+    def madvise_free(self, i, start, n):
+        """A page may read back as zeros only if nobody else can see it; a
+        shared or wired page keeps its bytes."""
+        p, sp = self.pick(i)
+        addr = self.at(sp, start)
+        before = {v: (bytes(self.m.mem[pg.group]), pg) for v in range(addr // P, addr // P + n)
+                  if (pg := sp.pages.get(v)) is not None}
+        self.both(f"p{p.pid}.madvise({addr:#x}, {n}p, MADV_FREE)", lambda: p.madvise(addr, n * P, MADV_FREE),
+                  lambda: self.m.madvise(sp, addr, n * P, MADV_FREE))
+        for v, (old, pg) in before.items():
+            got = p.peek(v * P, P)
+            if got == old:
+                continue
+            assert got == bytes(P), f"p{p.pid} page {v * P:#x}: other bytes after MADV_FREE"
+            assert not pg.wired and pg.shared is not True and self.sharers(pg.group) == 1, \
+                f"p{p.pid} page {v * P:#x}: MADV_FREE discarded a page others see (or a wired one)"
+            self.m.mem[pg.group][:] = got
+
+    # -- data ----------------------------------------------------------------
+
+    @rule(i=procs, start=pages, off=byte_offsets, n=sizes, seed=st.integers(0, len(DATA) - 3 * P))
+    def write(self, i, start, off, n, seed):
+        p, sp = self.pick(i)
+        addr, data = self.at(sp, start) + off, DATA[seed:seed + n]
+        self.both(f"p{p.pid}.write({addr:#x}, <{n}>)", lambda: p.write(addr, data),
+                  lambda: self.m.write(sp, addr, data))
+
+    @rule(i=procs, start=pages, off=byte_offsets, n=sizes,
+          kind=st.sampled_from(["memoryview", "array", "bytearray-slice", "2d"]))
+    def write_odd(self, i, start, off, n, kind):
+        p, sp = self.pick(i)
+        addr = self.at(sp, start) + off
+        raw = DATA[off:off + n]
+        if kind == "memoryview":
+            data = memoryview(bytearray(b"\xee" * 7 + raw + b"\xee" * 5))[7:7 + n]
+        elif kind == "array":
+            raw = raw[:len(raw) & ~3] or DATA[:4]
+            data = array.array("I", raw)
+        elif kind == "2d":
+            raw = raw[:len(raw) & ~1] or DATA[:2]
+            data = memoryview(bytearray(raw)).cast("B", (len(raw) // 2, 2))
+        else:
+            data = bytearray(raw)
+        self.both(f"p{p.pid}.write({addr:#x}, <{kind} {len(raw)}>)", lambda: p.write(addr, data),
+                  lambda: self.m.write(sp, addr, bytes(raw)))
+
+    @rule(i=procs, start=pages, off=byte_offsets, n=sizes)
+    def read(self, i, start, off, n):
+        p, sp = self.pick(i)
+        addr = self.at(sp, start) + off
+        r = self.both(f"p{p.pid}.read({addr:#x}, {n})", lambda: p.read(addr, n),
+                      lambda: self.m.read(sp, addr, n))
+        if r is not None:
+            assert r[0] == r[1], f"p{p.pid}.read({addr:#x}, {n}): wrong bytes"
+
+    @rule(i=procs, start=pages, off=byte_offsets, n=sizes,
+          kind=st.sampled_from(["slice", "array", "2d", "bytearray"]))
+    def readinto_odd(self, i, start, off, n, kind):
+        p, sp = self.pick(i)
+        addr = self.at(sp, start) + off
+        if kind == "array":
+            n = max(4, n & ~3)
+            buf = array.array("I", b"\xcc" * n)
+            view = memoryview(buf).cast("B")
+            whole = view
+        elif kind == "2d":
+            n = max(2, n & ~1)
+            whole = bytearray(b"\xcc" * n)
+            buf = memoryview(whole).cast("B", (n // 2, 2))
+            view = memoryview(whole)
+        elif kind == "slice":
+            whole = bytearray(b"\xcc" * (n + 12))
+            buf = memoryview(whole)[5:5 + n]
+            view = memoryview(whole)[5:5 + n]
+        else:
+            whole = buf = bytearray(b"\xcc" * n)
+            view = memoryview(whole)
+        r = self.both(f"p{p.pid}.readinto({addr:#x}, <{kind} {n}>)", lambda: p.readinto(addr, buf),
+                      lambda: self.m.read(sp, addr, n))
+        if r is None:
+            assert bytes(view) == b"\xcc" * n, "a failed readinto changed the buffer"
+        else:
+            assert r[0] == n and bytes(view) == r[1], f"readinto({addr:#x}, <{kind} {n}>): wrong bytes"
+        if kind == "slice":
+            assert whole[:5] == b"\xcc" * 5 and whole[5 + n:] == b"\xcc" * 7, "readinto wrote outside its buffer"
+
+    @rule(i=procs, kind=st.sampled_from(["strided", "readonly", "str"]))
+    def bad_buffers(self, i, kind):
+        p, sp = self.pick(i)
+        addr = min(sp.pages, default=BASE // P) * P
+        buf = {"strided": memoryview(bytearray(64))[::2], "readonly": b"\0" * 8, "str": "abc"}[kind]
+        with pytest.raises(TypeError):
+            p.readinto(addr, buf)
+        if kind != "readonly":
+            with pytest.raises(TypeError):
+                p.write(addr, buf)
+
+    # -- objects by handle ---------------------------------------------------
+
+    @precondition(lambda self: self.objects)
+    @rule(which=st.integers(0, 2), off=st.integers(0, OBJ_PAGES * P - 1), n=sizes,
+          seed=st.integers(0, len(DATA) - 3 * P))
+    def object_write(self, which, off, n, seed):
+        o, key = self.objects[which % len(self.objects)]
+        data = DATA[seed:seed + n]
+        if off + n > OBJ_PAGES * P:
+            with pytest.raises(rumpvm.VMError) as ei:
+                self.k.object_write(o.id, off, data)
+            assert ei.value.errno == errno.EFBIG
+            return
+        self.k.object_write(o.id, off, data)
+        pos = 0
+        while pos < n:
+            a = off + pos
+            chunk = min(P - a % P, n - pos)
+            self.m.mem[self.m.object_group(key, a // P)][a % P:a % P + chunk] = data[pos:pos + chunk]
+            pos += chunk
+
+    @precondition(lambda self: self.objects)
+    @rule(which=st.integers(0, 2))
+    def detach(self, which):
+        o, key = self.objects.pop(which % len(self.objects))
+        o.detach()
+        self.detached.append(o)
+        with pytest.raises(rumpvm.VMError):
+            o.detach()
+
+    @rule(i=procs)
+    def foreign_object(self, i):
+        """An object of another kernel is EINVAL everywhere."""
+        p, _ = self.pick(i)
+        if self.other is None:
+            self.other = rumpvm.Kernel()
+            self.foreign = self.other.create_object(P)
+        with pytest.raises(rumpvm.VMError) as ei:
+            p.mmap(P, flags=MAP_SHARED, obj=self.foreign)
+        assert ei.value.errno == errno.EINVAL
+
+    # -- processes -----------------------------------------------------------
+
+    @precondition(lambda self: len(self.procs) < MAX_PROCS)
+    @rule(i=procs)
+    def fork(self, i):
+        p, sp = self.pick(i)
+        c = p.fork()
+        self.procs.append((c, self.m.fork(sp)))
+
+    @precondition(lambda self: len(self.procs) > 1)
+    @rule(i=procs)
+    def exit(self, i):
+        p, _ = self.procs.pop(i % len(self.procs))
+        p.exit()
+        self.exited.append(p)
+
+    @precondition(lambda self: self.exited)
+    @rule(i=st.integers(0, 100), call=st.sampled_from(
+        ["read", "read0", "write", "readinto", "mmap", "munmap", "mprotect", "mlock", "munlock",
+         "minherit", "madvise", "msync", "fork", "exit", "maps", "peek"]))
+    def exited_call(self, i, call):
+        p = self.exited[i % len(self.exited)]
+        a = BASE
+        calls = {
+            "read": lambda: p.read(a, 8), "read0": lambda: p.read(a, 0), "write": lambda: p.write(a, b"x"),
+            "readinto": lambda: p.readinto(a, bytearray(3)), "mmap": lambda: p.mmap(P),
+            "munmap": lambda: p.munmap(a, P), "mprotect": lambda: p.mprotect(a, P, PROT_READ),
+            "mlock": lambda: p.mlock(a, P), "munlock": lambda: p.munlock(a, P),
+            "minherit": lambda: p.minherit(a, P, INHERIT_NONE), "madvise": lambda: p.madvise(a, P, MADV_FREE),
+            "msync": lambda: p.msync(a, P), "fork": p.fork, "exit": p.exit, "maps": p.maps,
+            "peek": lambda: p.peek(a, 4),
+        }
+        with pytest.raises(rumpvm.VMError) as ei:
+            calls[call]()
+        assert ei.value.errno == errno.ESRCH, f"{call} on an exited process: {ei.value!r}"
+
+    @rule(i=procs, call=st.sampled_from(["mmap", "munmap", "mprotect", "mlock", "munlock", "minherit",
+                                         "madvise", "msync", "read", "write", "peek", "object_write",
+                                         "object_peek", "create_object"]),
+          x=garbage, y=garbage)
+    def garbage_call(self, i, call, x, y):
+        """Only VMError or TypeError, and (checked by the invariant) no change."""
+        p, _ = self.pick(i)
+        if call.startswith("object_") and not self.objects:
+            return
+        oid = self.objects[0][0].id if self.objects else 0
+        calls = {
+            "mmap": lambda: p.mmap(x, addr=y if isinstance(y, int) else 0, flags=MAP_PRIVATE | MAP_ANON | MAP_FIXED),
+            "munmap": lambda: p.munmap(x, y), "mprotect": lambda: p.mprotect(x, y, PROT_READ),
+            "mlock": lambda: p.mlock(x, y), "munlock": lambda: p.munlock(x, y),
+            "minherit": lambda: p.minherit(x, y, INHERIT_NONE), "madvise": lambda: p.madvise(x, y, MADV_FREE),
+            "msync": lambda: p.msync(x, y), "read": lambda: p.read(x, y), "write": lambda: p.write(x, y),
+            "peek": lambda: p.peek(x, y), "object_write": lambda: self.k.object_write(oid, x, y),
+            "object_peek": lambda: self.k.object_peek(oid, x, y), "create_object": lambda: self.k.create_object(x),
+        }
+        if call in ("munmap", "mprotect", "mlock", "munlock", "minherit", "madvise", "msync") \
+                and isinstance(x, int) and isinstance(y, int) and not isinstance(x, bool) \
+                and not isinstance(y, bool) and x >= BASE - 16 * P:
+            return  # a valid range near the window would change state the model tracks
+        if call == "read" and x in (0x7FFFFFFFF000, 0x7FFFFFFFE000) and isinstance(y, int) and y > 1 << 40:
+            return
+        try:
+            r = calls[call]()
+        except (rumpvm.VMError, TypeError):
+            return
+        if call == "create_object":
+            r.detach()
+        elif call == "mmap":
+            p.munmap(r, x)  # a valid fixed mapping outside the window: take it back
+
+    @rule(limit=st.sampled_from(LIMITS))
+    def set_memlimit(self, limit):
+        old = self.k.memlimit
+        try:
+            self.k.memlimit = limit
+        except rumpvm.VMError as e:
+            assert e.errno == errno.ENOMEM, repr(e)
+            assert self.k.memlimit == old, "a refused limit was not restored"
+        else:
+            assert self.k.memlimit == rumpvm.kernel._parse_memlimit(limit)
+
+    # -- the comparison ------------------------------------------------------
+
+    @invariant()
+    def agrees(self):
+        self.k.check()
+        for p, sp in self.procs:
+            got = {}
+            for e in p.maps():
+                if any(s <= e.start and e.end <= t for s, t in sp.reserved):
+                    continue
+                for v in range(e.start // P, e.end // P):
+                    got[v] = e
+            assert set(got) == set(sp.pages), f"p{p.pid}: mapped pages differ"
+            for v, pg in sp.pages.items():
+                e = got[v]
+                assert (e.prot, e.max_prot, e.inheritance, e.wired) == \
+                    (pg.prot, pg.max_prot, pg.inheritance, pg.wired), f"p{p.pid} {v * P:#x}: {e} vs {pg}"
+            for vpn, n in Model.runs(sp):
+                kb, mb = p.peek(vpn * P, n * P), self.m.peek(sp, vpn * P, n * P)
+                if kb != mb:
+                    j = next(j for j in range(n) if kb[j * P:(j + 1) * P] != mb[j * P:(j + 1) * P])
+                    raise AssertionError(f"p{p.pid}: bytes differ in page {(vpn + j) * P:#x}")
+        for o, key in self.objects:
+            want = b"".join(bytes(self.m.mem[g]) if (g := self.m.obj_pages.get((key, j))) else bytes(P)
+                            for j in range(OBJ_PAGES))
+            assert self.k.object_peek(o.id, 0, OBJ_PAGES * P) == want, f"object {o.id} (key {key}) bytes differ"
+
+
+TestAdversaryMachine = AdversaryMachine.TestCase
+TestAdversaryMachine.settings = settings(
+    max_examples=60,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
+)
