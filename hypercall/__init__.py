@@ -95,6 +95,15 @@ def getparam(name: str) -> str | None:
     return None if v == ffi.NULL else ffi.string(v).decode()
 
 
+def host_memory() -> int:
+    """The host's physical memory in bytes (sysconf(_SC_PHYS_PAGES) * page size):
+    what a container without a memory limit sees as MemTotal."""
+    n = lib.rv_host_memory()
+    if n < 0:
+        raise _oserror("sysconf(_SC_PHYS_PAGES)")
+    return int(n)
+
+
 def page_zero(addr: int, length: int = PAGE_SIZE) -> None:
     lib.rv_page_zero(addr, length)
 

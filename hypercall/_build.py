@@ -18,6 +18,7 @@ ffibuilder.cdef(
     void rv_free(void *p);
     const char *rv_getenv(const char *name);
     long rv_pagesize(void);
+    int64_t rv_host_memory(void);
 
     void rv_page_zero(uintptr_t addr, size_t len);
     void rv_page_copy(uintptr_t dst, uintptr_t src, size_t len);
@@ -87,6 +88,14 @@ ffibuilder.set_source(
     void rv_free(void *p) { free(p); }
     const char *rv_getenv(const char *name) { return getenv(name); }
     long rv_pagesize(void) { return sysconf(_SC_PAGESIZE); }
+    /* Physical memory of the host, as a container without a limit sees it. */
+    int64_t rv_host_memory(void)
+    {
+        long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+        if (pages < 0 || size < 0)
+            return -1;
+        return (int64_t)pages * size;
+    }
 
     void rv_page_zero(uintptr_t addr, size_t len) { memset((void *)addr, 0, len); }
     void rv_page_copy(uintptr_t dst, uintptr_t src, size_t len)

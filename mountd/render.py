@@ -16,6 +16,8 @@ character for character, so that existing parsers work:
            right-aligned in 8, ` kB` (`SEQ_PUT_DEC`); `VmFlags:` last.
 - meminfo: `Label:` padded to 16, `%8lu kB`.
 - status:  `Name:\\t...`, `VmSize:\\t%8lu kB`.
+- limits:  `%-25s %-20s %-20s %-10s` rows of fs/proc/base.c (proc_pid_limits),
+           "unlimited" for RLIM_INFINITY, each row ending in the padded unit.
 - swaps:   the header and `%*s%s\\t%lu\\t%s%lu\\t%s%d` rows of mm/swapfile.c.
 - vmstat:  `name value`.
 
@@ -41,6 +43,7 @@ from rumpvm.constants import (
     PROT_READ,
     PROT_WRITE,
 )
+from rumpvm.resource import RLIM_INFINITY
 
 if TYPE_CHECKING:
     from rumpvm.inspect import (
@@ -191,8 +194,20 @@ def status(st: ProcStatus) -> str:
         + vm("VmSize", st.vm_size)
         + vm("VmLck", st.vm_lck)
         + vm("VmRSS", st.vm_rss)
+        + vm("VmStk", st.vm_stk)
         + vm("VmSwap", st.vm_swap)
     )
+
+
+def _rlim(value: int) -> str:
+    return "unlimited" if value == RLIM_INFINITY else str(value)
+
+
+def limits(rows: Iterable[tuple[str, int, int, str]]) -> str:
+    """/proc/<pid>/limits from (name, soft, hard, unit) rows, in the order given."""
+    out = [f"{'Limit':<25} {'Soft Limit':<20} {'Hard Limit':<20} {'Units':<10}\n"]
+    out.extend(f"{name:<25} {_rlim(soft):<20} {_rlim(hard):<20} {unit:<10}\n" for name, soft, hard, unit in rows)
+    return "".join(out)
 
 
 def meminfo(info: Mapping[str, int]) -> str:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 import pyfuse3
 
 from rumpvm.errors import VMError
+from rumpvm.resource import RLIMITS
 
 from . import render
 
@@ -80,6 +81,7 @@ class Kind(enum.IntEnum):
     PROC_SMAPS = 66
     PROC_STATUS = 67
     PROC_MEM = 68
+    PROC_LIMITS = 69
     OBJ_DIR = 80
     OBJ_INFO = 81
     OBJ_DATA = 82
@@ -98,7 +100,7 @@ MODE: dict[Kind, Mode] = {
     Kind.MEMINFO: Mode.TEXT, Kind.VMSTAT: Mode.TEXT, Kind.SWAPS: Mode.TEXT,
     Kind.PD_STATUS: Mode.TEXT, Kind.KMEM_POOLS: Mode.TEXT,
     Kind.PROC_MAPS: Mode.TEXT, Kind.PROC_SMAPS: Mode.TEXT,
-    Kind.PROC_STATUS: Mode.TEXT, Kind.OBJ_INFO: Mode.TEXT, Kind.KMEM_MAP: Mode.TEXT,
+    Kind.PROC_STATUS: Mode.TEXT, Kind.PROC_LIMITS: Mode.TEXT, Kind.OBJ_INFO: Mode.TEXT, Kind.KMEM_MAP: Mode.TEXT,
     Kind.LIMIT: Mode.CONTROL, Kind.PD_POLICY: Mode.CONTROL,
     Kind.PD_FREEMIN: Mode.CONTROL, Kind.PD_FREETARG: Mode.CONTROL,
     Kind.PROC_MEM: Mode.MEMORY, Kind.OBJ_DATA: Mode.MEMORY,
@@ -119,7 +121,7 @@ _CHILDREN: dict[Kind, tuple[tuple[str, Kind], ...]] = {
     ),
     Kind.PROC_DIR: (
         ("maps", Kind.PROC_MAPS), ("smaps", Kind.PROC_SMAPS),
-        ("status", Kind.PROC_STATUS), ("mem", Kind.PROC_MEM),
+        ("status", Kind.PROC_STATUS), ("limits", Kind.PROC_LIMITS), ("mem", Kind.PROC_MEM),
     ),
     Kind.OBJ_DIR: (("info", Kind.OBJ_INFO), ("data", Kind.OBJ_DATA), ("backing", Kind.OBJ_BACKING)),
 }
@@ -311,6 +313,8 @@ class Tree:
                 return render.smaps(proc.smaps())
             if kind is Kind.PROC_STATUS:
                 return render.status(proc.status())
+            if kind is Kind.PROC_LIMITS:
+                return render.limits((name, *proc.getrlimit(r), unit) for r, (name, unit) in RLIMITS.items())
         except VMError as err:
             # The process exited between the lookup and the call.
             raise _gone(err) from None

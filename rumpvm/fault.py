@@ -25,7 +25,7 @@ import hypercall
 from . import object as vm_object
 from .constants import MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, PAGE_SHIFT, PROT_READ, PROT_WRITE
 from .errors import OutOfMemory, SegmentationFault, VMError
-from .map import growstack
+from .map import growstack, stack_growth
 from .page import INACTIVE
 from .physmem import memwait, page_alloc, page_free, pool_room
 from .pmap import page_remove_all
@@ -107,11 +107,11 @@ def _fault(k: Kernel, vmap: VMMap, va: int, access: int, wire: bool,
            resv: Reservation | None) -> VMPage | None:
     vmap, e = resolve(vmap, va)
     if e is None:
-        if vmap.stack_limit:
+        if stack_growth(vmap, va) is not None:
             if not pool_room(k, entries=1, objects=1):
                 raise _NeedMemory
-            if growstack(vmap, va, vmap.stack_limit):
-                raise _Retry
+            growstack(vmap, va)
+            raise _Retry
         raise SegmentationFault(va, access, "SEGV_MAPERR")
     need = access if access & PROT_WRITE else PROT_READ
     if e.prot & need != need:

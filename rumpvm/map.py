@@ -471,29 +471,35 @@ def stack_size(vmap: VMMap, lowest: VMMapEntry) -> int:
 STACK_NAME = "[stack]"
 
 
-def growstack(vmap: VMMap, va: int, limit: int) -> bool:
-    """vm_map_growstack: if `va` lies in the growth area of a grow-down
-    stack (above its guard page, below its lowest entry, with nothing
-    mapped in between), extend the stack down to cover it, in SGROWSIZ
-    steps, within `limit` bytes of stack.  True if it grew.  Lock held;
-    the caller primed one map entry."""
+def stack_growth(vmap: VMMap, va: int) -> tuple[VMMapEntry, int] | None:
+    """If `va` lies in the growth area of a grow-down stack of `vmap` —
+    above its guard page, below its lowest entry, with nothing mapped in
+    between — and growing there stays within the map's stack limit: the
+    stack's lowest entry and the start it would grow to (SGROWSIZ steps).
+    Lock held."""
+    if not vmap.stack_limit:
+        return None
     found, prev = vmap.lookup_entry(va)
-    if found:
-        return False
-    stack = prev.next
-    if stack is vmap.header or not stack.grow_floor:  # type: ignore[attr-defined]
-        return False
-    s = cast(VMMapEntry, stack)
+    if found or prev.next is vmap.header:
+        return None
+    s = cast(VMMapEntry, prev.next)
     page = va & ~PAGE_MASK
-    if page < s.grow_floor or (prev is not vmap.header and page < prev.end):
-        return False
     floor = max(s.grow_floor, prev.end if prev is not vmap.header else 0)
-    want = max(s.start - page, SGROWSIZ)
-    new_start = max(floor, s.start - want)
-    if stack_size(vmap, s) + (s.start - new_start) > limit:
-        new_start = s.start - max(0, limit - stack_size(vmap, s)) // PAGE_SIZE * PAGE_SIZE
-        if new_start > page:
-            return False
+    if not s.grow_floor or page < floor:
+        return None
+    room = vmap.stack_limit - stack_size(vmap, s)
+    new_start = max(floor, s.start - max(s.start - page, SGROWSIZ), s.start - room // PAGE_SIZE * PAGE_SIZE)
+    return (s, new_start) if new_start <= page else None
+
+
+def growstack(vmap: VMMap, va: int) -> bool:
+    """vm_map_growstack: grow the stack below `va` to cover it (see
+    stack_growth); True if it grew.  Lock held; the caller primed one map
+    entry."""
+    growth = stack_growth(vmap, va)
+    if growth is None:
+        return False
+    s, new_start = growth
     delta = s.start - new_start
     if not s.wired_count and (s.obj is None or (not s.needs_copy and s.offset >= delta)):
         # Extend the entry itself (its object, if any, covers the space).

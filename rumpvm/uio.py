@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from .constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE
 from .errors import OutOfMemory, SegmentationFault
 from .fault import object_fault, resolve, vm_fault
+from .map import stack_growth
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -35,13 +36,17 @@ if TYPE_CHECKING:
 
 def check_access(vmap: VMMap, addr: int, length: int, access: int) -> None:
     """Raise SegmentationFault at the first address of [addr, addr+length)
-    that is unmapped (SEGV_MAPERR) or lacks `access` (SEGV_ACCERR)."""
+    that is unmapped (SEGV_MAPERR) or lacks `access` (SEGV_ACCERR).  Addresses
+a grow-down stack would grow to count as the stack's."""
     need = access if access & PROT_WRITE else PROT_READ
     va, end = addr, addr + length
     while va < end:
-        _, e = resolve(vmap, va)
+        m, e = resolve(vmap, va)
         if e is None:
-            raise SegmentationFault(va, access, "SEGV_MAPERR")
+            growth = stack_growth(m, va)
+            if growth is None:
+                raise SegmentationFault(va, access, "SEGV_MAPERR")
+            e = growth[0]  # the fault will grow the stack down to va
         if e.prot & need != need:
             raise SegmentationFault(va, access, "SEGV_ACCERR")
         va = e.end

@@ -15,7 +15,10 @@ thread is about to fault in, so reads land on pages under I/O far more
 often than uniform picks would.  Every test runs a bounded number of
 operations, never a duration, and waits only for states (events, the
 pagedaemon idle).  close() racing busy threads runs in a child interpreter,
-so a crash there is a failure of this test, not a lost test run.
+so a crash there is a failure of this test, not a lost test run; in two
+rounds of three it closes while a page-in has the lock dropped (it spins,
+a bounded number of looks, on the kernel's `io_pages` holding a fake page),
+the window where freeing host memory under a thread would crash it.
 """
 
 from __future__ import annotations
@@ -388,7 +391,9 @@ sys.stdout.flush()
 @pytest.mark.timeout(120)
 def test_close_while_four_threads_are_busy_inside_the_kernel() -> None:
     """30 rounds in a child interpreter: a crash (signal) or a hang there is
-    a failure here."""
+    a failure here.  The loops never end by themselves, so every thread must
+    end with ESHUTDOWN from close(); anything else (another error, wrong
+    data, still running) fails."""
     try:
         r = subprocess.run([sys.executable, "-c", _CLOSE_RACE, str(CLOSE_ROUNDS), str(JOIN / 2)],
                            capture_output=True, text=True, timeout=100, cwd=REPO)
