@@ -153,12 +153,6 @@ def paging_kernel() -> Iterator[rumpvm.Kernel]:
         yield k
 
 
-def entry_and_runs(seg: Any) -> tuple[Any, list[tuple[int, bytes]]]:
-    """(map entry, runs) of a coredump segment: a CoreSegment record, or
-    the older (entry, runs) pair."""
-    return (seg.entry, seg.runs) if hasattr(seg, "runs") else (seg[0], seg[1])
-
-
 def paging_counts(k: rumpvm.Kernel) -> tuple[int, int]:
     s = k.stats()
     return s["pageins"], s["pageouts"]
@@ -179,7 +173,7 @@ def test_inspection_reads_never_see_another_page_while_paging(paging_kernel: rum
     dumps = [0]
 
     def check_coredump() -> None:
-        segs = [runs for e, runs in map(entry_and_runs, p.coredump_segments()) if e.start <= a < e.end]
+        segs = [s.runs for s in p.coredump_segments() if s.entry.start <= a < s.entry.end]
         assert len(segs) == 1, f"the mapping is not one coredump segment: {len(segs)}"
         seen = 0
         for addr, data in segs[0]:
