@@ -14,6 +14,8 @@ from importlib.metadata import entry_points
 from .constants import PAGE_SIZE
 from .errors import VMError
 
+DEFAULT_SWAP = "64M"
+
 
 def _prot(p: int) -> str:
     return "".join(c if p & b else "-" for c, b in (("r", 1), ("w", 2), ("x", 4)))
@@ -22,7 +24,7 @@ def _prot(p: int) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_once
     from .kernel import Kernel
-    with Kernel(memlimit=args.memlimit, swap=args.swap) as k:
+    with Kernel(memlimit=args.memlimit, swap=args.swap or DEFAULT_SWAP) as k:
         procs = run_once(k)
         for p in procs:
             print(f"== pid {p.pid} ({p.name}, ppid {p.ppid})")
@@ -55,14 +57,20 @@ def _fuse_serve() -> Callable[..., None]:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from .demo import DemoWorkload
+    from .demo import DEMO_MEMLIMIT, DEMO_SWAP, DemoWorkload
     from .kernel import Kernel
     serve = _fuse_serve()  # before the kernel: fail early when mountd is missing
-    with Kernel(memlimit=args.memlimit, swap=args.swap) as k:
+    if args.demo:  # the demo's footprint is larger than its limit: it pages and swaps
+        memlimit, swap = args.memlimit or DEMO_MEMLIMIT, args.swap or DEMO_SWAP
+    else:
+        memlimit, swap = args.memlimit, args.swap or DEFAULT_SWAP
+    with Kernel(memlimit=memlimit, swap=swap) as k:
         demo = DemoWorkload(k).start() if args.demo else None
         try:
             serve(k, args.mountpoint, allow_other=args.allow_other)
         finally:
+            # Close first: a demo call waiting for memory ends with ESHUTDOWN.
+            k.close()
             if demo is not None:
                 demo.stop()
     return 0
@@ -75,15 +83,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def kernel_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--memlimit", default=None,
-                       help="memory limit (bytes or K/M/G; default $RUMP_MEMLIMIT or unlimited)")
-        p.add_argument("--swap", default="64M", help="swap size (default 64M)")
+                       help="memory limit (bytes, K/M/G or 'unlimited'; default $RUMP_MEMLIMIT or unlimited)")
+        p.add_argument("--swap", default=None, help=f"swap size (default {DEFAULT_SWAP})")
 
     d = sub.add_parser("demo", help="run the demo workload, print maps and counters")
     kernel_args(d)
     d.set_defaults(fn=cmd_demo)
     m = sub.add_parser("mount", help="mount the /vm view (foreground; Ctrl-C unmounts)")
     m.add_argument("mountpoint")
-    m.add_argument("--demo", action="store_true", help="run the demo workload while mounted")
+    m.add_argument("--demo", action="store_true",
+                   help="run the demo workload while mounted (its defaults: --memlimit 32M --swap 128M)")
     m.add_argument("--allow-other", action="store_true", help="let other users see the mount")
     kernel_args(m)
     m.set_defaults(fn=cmd_mount)

@@ -2,12 +2,24 @@
 mprotect, share memory, sleep and exit, so that /vm changes while you watch.
 
 `run_once(k)` runs one round and returns the processes it left alive
-(used by `rumpvm demo`); `DemoWorkload(k)` repeats rounds in a background
-thread until stopped (used by `rumpvm mount --demo`).
+(used by `rumpvm demo`).  `DemoWorkload(k)` (used by `rumpvm mount --demo`,
+under DEMO_MEMLIMIT with DEMO_SWAP) shows what rumpvm is for: its footprint
+is larger than the memory limit, so the pagedaemon pages out, the swapper
+swaps out the processes that sleep, and everything reads back intact:
+
+- three writers keep 12 MiB each (36 MiB in all), rewriting and re-reading
+  every page each round, and each round one of them forks a child that
+  writes a quarter of the pages (copy-on-write) and exits;
+- four sleepers touch 1 MiB each and sleep (S); after `maxslp` seconds the
+  swapper takes them (W); each round one is woken (swapped back in), checks
+  its memory and goes back to sleep.
+
+The workload stops at `stop()` or when the kernel closes (ESHUTDOWN).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import threading
@@ -18,6 +30,12 @@ from .kernel import Kernel
 from .proc import Proc
 
 log = logging.getLogger("rumpvm.demo")
+
+DEMO_MEMLIMIT = "32M"
+DEMO_SWAP = "128M"
+WRITERS, WRITER_SIZE = 3, 12 << 20
+SLEEPERS, SLEEPER_SIZE = 4, 1 << 20
+CHUNK = 1 << 20  # bytes per call, so that stop() is prompt
 
 
 def run_once(k: Kernel, rng: random.Random | None = None, keep: int = 3) -> list[Proc]:
@@ -52,12 +70,12 @@ def run_once(k: Kernel, rng: random.Random | None = None, keep: int = 3) -> list
 
 
 class DemoWorkload:
-    """Rounds of `run_once` in a thread; each round's processes live a few
-    seconds, then exit, so fork/exit and COW show up in /vm over time."""
+    """The workload of the module docstring in a thread, one round per `period`."""
 
-    def __init__(self, k: Kernel, period: float = 2.0, seed: int = 1) -> None:
+    def __init__(self, k: Kernel, period: float = 1.0, seed: int = 1, maxslp: float = 2.0) -> None:
         self.k = k
         self.period = period
+        self.maxslp = maxslp
         self.rng = random.Random(seed)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="demo", daemon=True)
@@ -72,22 +90,58 @@ class DemoWorkload:
         if self._thread.is_alive():
             self._thread.join()
 
+    def _fill(self, p: Proc, addr: int, size: int, stamp: int) -> None:
+        """Write every page of [addr, addr+size): its address and `stamp` first."""
+        for off in range(0, size, CHUNK):
+            if self._stop.is_set():
+                return
+            p.write(addr + off, b"".join(_page(addr + o, stamp) for o in range(off, off + CHUNK, PAGE_SIZE)))
+
+    def _check(self, p: Proc, addr: int, size: int, stamp: int) -> None:
+        """Read the pages back (paging them in) and compare."""
+        for off in range(0, size, CHUNK):
+            if self._stop.is_set():
+                return
+            data = p.read(addr + off, CHUNK)
+            for o in range(0, CHUNK, PAGE_SIZE):
+                if data[o:o + 32] != _page(addr + off + o, stamp)[:32]:
+                    log.error("demo: %s page %#x reads back wrong: %r", p, addr + off + o, data[o:o + 32])
+
     def _run(self) -> None:
-        generations: list[list[Proc]] = []
+        k = self.k
         try:
+            k.maxslp = self.maxslp
+            run_once(k, self.rng)  # pids 1, 2, 4: shared memory, COW, read-only pages
+            writers = [(p, p.mmap(WRITER_SIZE)) for p in (k.spawn("demo-writer") for _ in range(WRITERS))]
+            sleepers = [(p, p.mmap(SLEEPER_SIZE)) for p in (k.spawn("demo-sleeper") for _ in range(SLEEPERS))]
+            for p, a in writers:
+                self._fill(p, a, WRITER_SIZE, 0)
+            for p, a in sleepers:
+                self._fill(p, a, SLEEPER_SIZE, 0)
+                p.sleep()
             while not self._stop.is_set():
-                generations.append(run_once(self.k, self.rng))
                 self.rounds += 1
-                for p in generations[-1]:
-                    a = p.mmap(PAGE_SIZE * self.rng.randrange(1, 32))
-                    p.write(a, f"{p.name} {p.pid} round {self.rounds}\n".encode())
-                # The first round lives on (so /vm/proc/1 is always there);
-                # later rounds exit after two more.
-                if len(generations) > 3:
-                    for p in generations.pop(1):
-                        if p.alive:
-                            p.exit()
+                n = self.rounds
+                for p, a in writers:  # more than the limit: pageouts, pageins
+                    self._check(p, a, WRITER_SIZE, n - 1)
+                    self._fill(p, a, WRITER_SIZE, n)
+                parent, a = writers[n % WRITERS]
+                child = parent.fork("demo-cow")
+                quarter = WRITER_SIZE // 4
+                self._fill(child, a, quarter, -n)  # copies-on-write a quarter
+                self._check(child, a, quarter, -n)
+                self._check(parent, a, WRITER_SIZE, n)  # the parent's pages are untouched
+                child.exit()
+                sleeper, a = sleepers[n % SLEEPERS]
+                sleeper.wake()  # swapped back in if it was out
+                self._check(sleeper, a, SLEEPER_SIZE, 0)
+                sleeper.sleep()
                 self._stop.wait(self.period)
         except VMError as e:
-            if not self.k.closed:
+            if e.errno != errno.ESHUTDOWN:  # ESHUTDOWN: the kernel closed, the end
                 log.warning("demo workload stopped: %s", e)
+
+
+def _page(addr: int, stamp: int) -> bytes:
+    """The contents the demo writes to the page at `addr` in round `stamp`."""
+    return f"page {addr:#x} round {stamp}\n".encode().ljust(PAGE_SIZE, b".")

@@ -162,20 +162,23 @@ def _merge(ranges: Ranges) -> Ranges:
     return out
 
 
-def reached(obj: VMObject, exclude: VMMapEntry | None = None) -> Ranges:
-    """The pindex ranges of `obj` that a mapping (other than `exclude`), a
-    shadow, or a handle can still reach, merged and sorted.  Requires the
-    kernel lock."""
+def reached(obj: VMObject, exclude: VMMapEntry | None = None, lo: int = 0, hi: int | None = None) -> Ranges:
+    """The pindex ranges of `obj` within [lo, hi) that a mapping (other
+    than `exclude`), a shadow, or a handle can still reach, merged and
+    sorted.  Requires the kernel lock."""
+    top = obj.size if hi is None else hi
     if obj.handles or obj.type == "kernel":
-        return [(0, obj.size)]
+        return [(lo, top)]
     out: Ranges = []
     for e in obj.mappings:
         if e is not exclude:
             first = e.offset >> PAGE_SHIFT
-            out.append((first, first + e.npages))
+            if first < top and first + e.npages > lo:
+                out.append((first, first + e.npages))
     for s in obj.shadows:
         off = s.backing_offset
-        out += [(a + off, b + off) for a, b in reached(s, exclude)]
+        if off < top and off + s.size > lo:
+            out += [(a + off, b + off) for a, b in reached(s, exclude, max(0, lo - off), top - off)]
     return _merge(out)
 
 
@@ -183,7 +186,7 @@ def unreached(obj: VMObject, start: int, end: int, exclude: VMMapEntry | None = 
     """The parts of [start, end) of `obj` that nothing but `exclude` reaches."""
     holes: Ranges = []
     pos = start
-    for a, b in reached(obj, exclude):
+    for a, b in reached(obj, exclude, start, end):
         if b <= pos:
             continue
         if a >= end:
@@ -201,8 +204,10 @@ def release(k: Kernel, obj: VMObject | None, start: int, end: int) -> None:
     there that nothing reaches any more, in `obj` and down its backing chain.
     Requires the kernel lock; the mapping is already unlinked."""
     while obj is not None and obj.ref_count > 0 and not obj.handles and obj.type != "kernel":
-        for s, t in unreached(obj, max(0, start), min(obj.size, end)):
-            page_remove(k, obj, s, t)
+        s, t = max(0, start), min(obj.size, end)
+        if keys_in(obj.pages, s, t) or keys_in(obj.swap, s, t):  # else nothing to free here
+            for a, b in unreached(obj, s, t):
+                page_remove(k, obj, a, b)
         start += obj.backing_offset
         end += obj.backing_offset
         obj = obj.backing

@@ -265,9 +265,11 @@ class Proc:
                 replaced_data += n if _is_data(e.shared, e.max_prot) else 0
         if vmap.size - replaced + size > self.limits[resource.RLIMIT_AS][0]:
             raise VMError(errno.ENOMEM, f"mmap of {size} bytes exceeds RLIMIT_AS")
-        if _is_data(bool(flags & MAP_SHARED), maxp if maxp is not None else PROT_ALL) and prot & PROT_WRITE:
+        data_limit = self.limits[resource.RLIMIT_DATA][0]
+        if (data_limit != resource.RLIM_INFINITY and prot & PROT_WRITE
+                and _is_data(bool(flags & MAP_SHARED), maxp if maxp is not None else PROT_ALL)):
             data = sum(e.end - e.start for e in vmap.entries() if _is_data(e.shared, e.max_prot))
-            if data - replaced_data + size > self.limits[resource.RLIMIT_DATA][0]:
+            if data - replaced_data + size > data_limit:
                 raise VMError(errno.ENOMEM, f"mmap of {size} bytes exceeds RLIMIT_DATA")
 
     def munmap(self, addr: int, length: int) -> None:
@@ -328,8 +330,8 @@ class Proc:
             memlock = self.limits[resource.RLIMIT_MEMLOCK][0]
             if memlock == 0:
                 raise VMError(errno.EPERM, "RLIMIT_MEMLOCK is 0")
-            locked = sum(e.end - e.start for e in vmap.entries() if e.wired_count)
-            if locked + new_pages * PAGE_SIZE > memlock:
+            if memlock != resource.RLIM_INFINITY and (
+                    sum(e.end - e.start for e in vmap.entries() if e.wired_count) + new_pages * PAGE_SIZE > memlock):
                 raise VMError(errno.ENOMEM, f"mlock of {new_pages} pages exceeds RLIMIT_MEMLOCK ({memlock} bytes)")
             with reserve(k, self._wire_frames(ents, start, end)) as resv:
                 pool_prime(k, entries=2, objects=2 + 2 * len(ents))

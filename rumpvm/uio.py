@@ -19,7 +19,7 @@ Lock: the kernel lock, held by the caller.  A fault may drop it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from .constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE
@@ -52,11 +52,13 @@ a grow-down stack would grow to count as the stack's."""
         va = e.end
 
 
-def _walk(k: Kernel, vmap: VMMap, addr: int, length: int, write: bool) -> Iterator[tuple[VMPage | None, int, int, int]]:
+def _walk(k: Kernel, vmap: VMMap, addr: int, length: int, write: bool,
+          before_fault: Callable[[], None] | None = None) -> Iterator[tuple[VMPage | None, int, int, int]]:
     """(page, offset in its frame buffer, position in the range, bytes) for
     each page of the range, faulted in for the access; page None is a
     never-written page of a read (zeros).  The consumer copies before
-    asking for the next page: only then may the lock be dropped."""
+    asking for the next page: only then may the lock be dropped, and
+    `before_fault` is called first, for views the consumer still holds."""
     trans = vmap.pmap.wr if write else vmap.pmap.rd
     access = PROT_WRITE if write else PROT_READ
     touch = k.touch
@@ -67,6 +69,8 @@ def _walk(k: Kernel, vmap: VMMap, addr: int, length: int, write: bool) -> Iterat
         n = min(PAGE_SIZE - off, length - pos)
         page = trans.get(va >> PAGE_SHIFT)
         if page is None:
+            if before_fault is not None:
+                before_fault()
             page = vm_fault(k, vmap, va, access)
         if page is not None:
             page.referenced = True
@@ -84,21 +88,33 @@ _ZEROS = memoryview(bytes(PAGE_SIZE))
 
 
 def vm_read(k: Kernel, vmap: VMMap, addr: int, length: int) -> bytes:
-    """The bytes of [addr, addr+length)."""
+    """The bytes of [addr, addr+length): views of the pages are joined
+    into the result (one copy); before a fault, which may drop the lock
+    and so invalidate views, those taken so far are joined into a chunk."""
     check_access(vmap, addr, length, PROT_READ)
+    chunks: list[bytes] = []
+    views: list[memoryview] = []
+
+    def materialise() -> None:
+        if views:
+            chunks.append(b"".join(views))
+            views.clear()
+
     try:
-        out = bytearray(length)
+        for page, o, _, n in _walk(k, vmap, addr, length, False, materialise):
+            views.append(_ZEROS[:n] if page is None else page.buf[o:o + n])
+        if not chunks:
+            return b"".join(views)
+        materialise()
+        return b"".join(chunks)
     except MemoryError:
-        raise OutOfMemory(f"no host memory for a {length}-byte read buffer") from None
-    vm_readinto(k, vmap, addr, memoryview(out), checked=True)
-    return bytes(out)
+        raise OutOfMemory(f"no host memory for a {length}-byte read") from None
 
 
-def vm_readinto(k: Kernel, vmap: VMMap, addr: int, dst: memoryview, checked: bool = False) -> None:
+def vm_readinto(k: Kernel, vmap: VMMap, addr: int, dst: memoryview) -> None:
     """Copy [addr, addr+len(dst)) into the byte buffer `dst`."""
     length = len(dst)
-    if not checked:
-        check_access(vmap, addr, length, PROT_READ)
+    check_access(vmap, addr, length, PROT_READ)
     for page, o, pos, n in _walk(k, vmap, addr, length, False):
         if page is None:
             dst[pos:pos + n] = _ZEROS[:n]

@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import rumpvm
+from rumpvm import resource
 from rumpvm import (
     INHERIT_COPY,
     INHERIT_NONE,
@@ -250,7 +251,8 @@ class AdversaryMachine(RuleBasedStateMachine):
 
     def sharers(self, g: int) -> int:
         """Live pages that hold group `g`, plus one for a held object's page."""
-        n = sum(1 for _, sp in self.procs for pg in sp.pages.values() if pg.group == g)
+        spaces = {id(sp): sp for _, sp in self.procs}.values()
+        n = sum(1 for sp in spaces for pg in sp.pages.values() if pg.group == g)
         held = {key for _, key in self.objects}
         n += sum(1 for (key, _), gg in self.m.obj_pages.items() if gg == g and key in held)
         return n
@@ -317,7 +319,8 @@ class AdversaryMachine(RuleBasedStateMachine):
     def mlock(self, i, start, n):
         p, sp = self.pick(i)
         addr = self.at(sp, start)
-        wired_now = sum(pg.wired for _, s in self.procs for pg in s.pages.values())
+        spaces = {id(s): s for _, s in self.procs}.values()
+        wired_now = sum(pg.wired for s in spaces for pg in s.pages.values())
         self.both(f"p{p.pid}.mlock({addr:#x}, {n}p)", lambda: p.mlock(addr, n * P),
                   lambda: self.m.mlock(sp, addr, n * P, wired_now, self.k.wired_limit))
 
@@ -483,6 +486,37 @@ class AdversaryMachine(RuleBasedStateMachine):
         c = p.fork()
         self.procs.append((c, self.m.fork(sp)))
 
+    @precondition(lambda self: len(self.procs) < MAX_PROCS)
+    @rule(i=procs)
+    def fork_shared(self, i):
+        """vfork-like: one address space for both (the model's Space object
+        is shared too)."""
+        p, sp = self.pick(i)
+        c = p.fork(shared=True)
+        self.procs.append((c, sp))
+
+    @rule(i=procs)
+    def unshare(self, i):
+        p, sp = self.pick(i)
+        p.unshare()
+        if sum(s is sp for _, s in self.procs) > 1:
+            j = next(j for j, (q, _) in enumerate(self.procs) if q is p)
+            self.procs[j] = (p, self.m.fork(sp))
+
+    @rule(i=procs)
+    def exec(self, i):
+        p, _ = self.pick(i)
+        p.exec()
+        j = next(j for j, (q, _) in enumerate(self.procs) if q is p)
+        self.procs[j] = (p, Space(reserved=[(e.start, e.end) for e in p.maps()]))
+
+    @rule(i=procs, asleep=st.booleans())
+    def sleep_or_wake(self, i, asleep):
+        """A sleeping process is the swapper's first victim under pressure;
+        every later call must swap it back in transparently."""
+        p, _ = self.pick(i)
+        p.sleep() if asleep else p.wake()
+
     @precondition(lambda self: len(self.procs) > 1)
     @rule(i=procs)
     def exit(self, i):
@@ -493,7 +527,8 @@ class AdversaryMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.exited)
     @rule(i=st.integers(0, 100), call=st.sampled_from(
         ["read", "read0", "write", "readinto", "mmap", "munmap", "mprotect", "mlock", "munlock",
-         "minherit", "madvise", "msync", "fork", "exit", "maps", "peek"]))
+         "minherit", "madvise", "msync", "fork", "exit", "maps", "peek", "exec", "unshare", "sleep",
+         "wake", "getrlimit", "fork_shared"]))
     def exited_call(self, i, call):
         p = self.exited[i % len(self.exited)]
         a = BASE
@@ -504,7 +539,8 @@ class AdversaryMachine(RuleBasedStateMachine):
             "mlock": lambda: p.mlock(a, P), "munlock": lambda: p.munlock(a, P),
             "minherit": lambda: p.minherit(a, P, INHERIT_NONE), "madvise": lambda: p.madvise(a, P, MADV_FREE),
             "msync": lambda: p.msync(a, P), "fork": p.fork, "exit": p.exit, "maps": p.maps,
-            "peek": lambda: p.peek(a, 4),
+            "peek": lambda: p.peek(a, 4), "exec": p.exec, "unshare": p.unshare, "sleep": p.sleep,
+            "wake": p.wake, "getrlimit": lambda: p.getrlimit(resource.RLIMIT_STACK), "fork_shared": lambda: p.fork(shared=True),
         }
         with pytest.raises(rumpvm.VMError) as ei:
             calls[call]()
