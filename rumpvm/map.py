@@ -140,6 +140,7 @@ class VMMap:
         self.name = name
         self.header = VMMapEntry(min_addr, min_addr)
         self.tree = EntryTree(self.header, max_addr)
+        self.hint = self.header  # last entry lookup_entry found; never an unlinked one
         self.pmap = pmap if pmap is not None else Pmap()
         self.size = 0
         self.user = min_addr < 1 << 47
@@ -167,9 +168,16 @@ class VMMap:
     # -- lookup ---------------------------------------------------------------
 
     def lookup_entry(self, addr: int) -> tuple[bool, VMMapEntry]:
-        """(True, entry containing addr) or (False, entry before addr / header)."""
-        e = self.tree.lookup(addr)
-        return (e is not self.header and addr < e.end), e  # type: ignore[return-value]
+        """(True, entry containing addr) or (False, entry before addr / header).
+        The entry last found is tried first (FreeBSD's map->hint)."""
+        h = self.hint
+        if h.start <= addr < h.end:
+            return True, h
+        e = cast(VMMapEntry, self.tree.lookup(addr))
+        if e is not self.header and addr < e.end:
+            self.hint = e
+            return True, e
+        return False, e
 
     def entries(self) -> Iterator[VMMapEntry]:
         return iter(self.tree)  # type: ignore[arg-type]
@@ -235,6 +243,8 @@ class VMMap:
             entry.obj.mappings.add(entry)
 
     def _unlink(self, entry: VMMapEntry) -> None:
+        if self.hint is entry:
+            self.hint = self.header
         self.tree.remove(entry)
         self.size -= entry.end - entry.start
         self.kernel.pooltab["vm_map_entry"].put()

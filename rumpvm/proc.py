@@ -49,7 +49,8 @@ from .constants import (
     VM_MAXUSER_ADDRESS,
     VM_MIN_ADDRESS,
 )
-from .errors import VMError, einval
+from .errors import OutOfMemory, VMError, einval
+from .fault import vm_fault
 from .inspect import MapEntry, ProcStatus, SmapsInfo, entry_record, peek_map, smaps_record
 from .map import SGROWSIZ, STACK_NAME, VMMap, VMMapEntry
 from .physmem import Reservation, pool_prime, reserve, reserve_more
@@ -388,7 +389,7 @@ class Proc:
             k = self.kernel
             with k.lock:  # fast path: one page with a translation
                 page = self.vmspace.pmap.rd.get(addr >> PAGE_SHIFT)
-                if page is not None and self.alive:
+                if page is not None and self.alive and not self.swapped:
                     page.referenced = True
                     if k.touch is not None:
                         k.touch(page)
@@ -429,13 +430,26 @@ class Proc:
             k = self.kernel
             with k.lock:  # fast path: one page with a writable translation
                 page = self.vmspace.pmap.wr.get(addr >> PAGE_SHIFT)
-                if page is not None and self.alive:
+                if page is not None and self.alive and not self.swapped:
                     page.dirty = page.referenced = True
                     if k.touch is not None:
                         k.touch(page)
                     o = page.off + (addr & PAGE_MASK)
                     page.buf[o:o + len(data)] = data
                     return
+            with k.gate:  # one page: straight to the fault handler
+                try:
+                    page = vm_fault(k, self._live(), addr, PROT_WRITE)
+                except OutOfMemory as e:
+                    e.written = 0
+                    raise
+                assert page is not None
+                page.dirty = page.referenced = True
+                if k.touch is not None:
+                    k.touch(page)
+                o = page.off + (addr & PAGE_MASK)
+                page.buf[o:o + len(data)] = data
+                return
         a = _int("addr", addr)
         try:
             src = memoryview(data).cast("B")

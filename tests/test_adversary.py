@@ -24,6 +24,7 @@ the u-area cache are drained).
 from __future__ import annotations
 
 import array
+import copy
 import errno
 import random
 
@@ -159,6 +160,7 @@ garbage = st.sampled_from([
 
 class AdversaryMachine(RuleBasedStateMachine):
     KERNEL_ARGS = {"memlimit": "384K", "swap": "16M", "oom_timeout": 5.0}
+    TIGHT = False  # swap so small that memory can run out (and the swapper runs)
 
     def __init__(self) -> None:
         super().__init__()
@@ -173,6 +175,8 @@ class AdversaryMachine(RuleBasedStateMachine):
         self.detached: list[rumpvm.VMObject] = []
         self.nobj = 0
         self.other = None  # a second kernel, for objects of another kernel
+        self.ooms = 0
+        self.last_write = None
 
     @initialize(layout=st.sampled_from(["full", "full", "striped"]), shared=st.booleans())
     def populate(self, layout, shared):
@@ -231,12 +235,22 @@ class AdversaryMachine(RuleBasedStateMachine):
     def both(self, what, kcall, mcall):
         """Run model then kernel; outcomes must agree.  Returns (kernel, model)
         or None when both failed alike."""
+        snap = copy.deepcopy((self.m, [sp for _, sp in self.procs])) if self.TIGHT else None
         try:
             expected, exp_exc = mcall(), None
         except (ModelError, ModelSegv) as e:
             expected, exp_exc = None, e
         try:
             got = kcall()
+        except rumpvm.OutOfMemory as e:
+            self.oom_ok(e, what)
+            assert snap is not None
+            self.m = snap[0]
+            self.procs = [(p, sp) for (p, _), sp in zip(self.procs, snap[1])]
+            if e.written and self.last_write is not None:  # a short write
+                j, addr, data = self.last_write
+                self.m.write(self.procs[j][1], addr, data[:e.written])
+            return None
         except rumpvm.SegmentationFault as e:
             assert isinstance(exp_exc, ModelSegv), f"{what}: kernel {e!r}, model {exp_exc!r}"
             assert (e.addr, e.access, e.code) == (exp_exc.addr, exp_exc.access, exp_exc.code), \
@@ -248,6 +262,14 @@ class AdversaryMachine(RuleBasedStateMachine):
             return None
         assert exp_exc is None, f"{what}: kernel succeeded ({got!r}), model expected {exp_exc}"
         return got, expected
+
+    def oom_ok(self, e: rumpvm.OutOfMemory, what: str) -> None:
+        """OutOfMemory is the right answer only when memory really ran out:
+        in the TIGHT machine, with swap at least half full."""
+        st_ = self.k.stats()
+        if not (self.TIGHT and st_["swpginuse"] * 2 >= st_["swpages"]):
+            raise AssertionError(f"{what}: OutOfMemory with swap {st_['swpginuse']}/{st_['swpages']} used") from e
+        self.ooms += 1
 
     def sharers(self, g: int) -> int:
         """Live pages that hold group `g`, plus one for a held object's page."""
@@ -271,7 +293,10 @@ class AdversaryMachine(RuleBasedStateMachine):
     @precondition(lambda self: len(self.objects) < 3)
     @rule()
     def create_object(self):
-        o = self.k.create_object(OBJ_PAGES * P)
+        try:
+            o = self.k.create_object(OBJ_PAGES * P)
+        except rumpvm.OutOfMemory as e:
+            return self.oom_ok(e, "create_object")
         key = self.nobj
         self.nobj += 1
         self.m.create_object(key, OBJ_PAGES * P)
@@ -363,8 +388,10 @@ class AdversaryMachine(RuleBasedStateMachine):
     def write(self, i, start, off, n, seed):
         p, sp = self.pick(i)
         addr, data = self.at(sp, start) + off, DATA[seed:seed + n]
+        self.last_write = (i % len(self.procs), addr, data)
         self.both(f"p{p.pid}.write({addr:#x}, <{n}>)", lambda: p.write(addr, data),
                   lambda: self.m.write(sp, addr, data))
+        self.last_write = None
 
     @rule(i=procs, start=pages, off=byte_offsets, n=sizes,
           kind=st.sampled_from(["memoryview", "array", "bytearray-slice", "2d"]))
@@ -382,8 +409,10 @@ class AdversaryMachine(RuleBasedStateMachine):
             data = memoryview(bytearray(raw)).cast("B", (len(raw) // 2, 2))
         else:
             data = bytearray(raw)
+        self.last_write = (i % len(self.procs), addr, bytes(raw))
         self.both(f"p{p.pid}.write({addr:#x}, <{kind} {len(raw)}>)", lambda: p.write(addr, data),
                   lambda: self.m.write(sp, addr, bytes(raw)))
+        self.last_write = None
 
     @rule(i=procs, start=pages, off=byte_offsets, n=sizes)
     def read(self, i, start, off, n):
@@ -449,7 +478,11 @@ class AdversaryMachine(RuleBasedStateMachine):
                 self.k.object_write(o.id, off, data)
             assert ei.value.errno == errno.EFBIG
             return
-        self.k.object_write(o.id, off, data)
+        try:
+            self.k.object_write(o.id, off, data)
+        except rumpvm.OutOfMemory as e:
+            self.oom_ok(e, "object_write")
+            n = e.written or 0
         pos = 0
         while pos < n:
             a = off + pos
@@ -483,7 +516,10 @@ class AdversaryMachine(RuleBasedStateMachine):
     @rule(i=procs)
     def fork(self, i):
         p, sp = self.pick(i)
-        c = p.fork()
+        try:
+            c = p.fork()
+        except rumpvm.OutOfMemory as e:
+            return self.oom_ok(e, "fork")
         self.procs.append((c, self.m.fork(sp)))
 
     @precondition(lambda self: len(self.procs) < MAX_PROCS)
@@ -492,13 +528,19 @@ class AdversaryMachine(RuleBasedStateMachine):
         """vfork-like: one address space for both (the model's Space object
         is shared too)."""
         p, sp = self.pick(i)
-        c = p.fork(shared=True)
+        try:
+            c = p.fork(shared=True)
+        except rumpvm.OutOfMemory as e:
+            return self.oom_ok(e, "fork(shared=True)")
         self.procs.append((c, sp))
 
     @rule(i=procs)
     def unshare(self, i):
         p, sp = self.pick(i)
-        p.unshare()
+        try:
+            p.unshare()
+        except rumpvm.OutOfMemory as e:
+            return self.oom_ok(e, "unshare")
         if sum(s is sp for _, s in self.procs) > 1:
             j = next(j for j, (q, _) in enumerate(self.procs) if q is p)
             self.procs[j] = (p, self.m.fork(sp))
@@ -506,7 +548,10 @@ class AdversaryMachine(RuleBasedStateMachine):
     @rule(i=procs)
     def exec(self, i):
         p, _ = self.pick(i)
-        p.exec()
+        try:
+            p.exec()
+        except rumpvm.OutOfMemory as e:
+            return self.oom_ok(e, "exec")
         j = next(j for j, (q, _) in enumerate(self.procs) if q is p)
         self.procs[j] = (p, Space(reserved=[(e.start, e.end) for e in p.maps()]))
 
@@ -515,7 +560,10 @@ class AdversaryMachine(RuleBasedStateMachine):
         """A sleeping process is the swapper's first victim under pressure;
         every later call must swap it back in transparently."""
         p, _ = self.pick(i)
-        p.sleep() if asleep else p.wake()
+        try:
+            p.sleep() if asleep else p.wake()
+        except rumpvm.OutOfMemory as e:
+            self.oom_ok(e, "sleep/wake")
 
     @precondition(lambda self: len(self.procs) > 1)
     @rule(i=procs)
@@ -617,6 +665,15 @@ class AdversaryMachine(RuleBasedStateMachine):
             want = b"".join(bytes(self.m.mem[g]) if (g := self.m.obj_pages.get((key, j))) else bytes(P)
                             for j in range(OBJ_PAGES))
             assert self.k.object_peek(o.id, 0, OBJ_PAGES * P) == want, f"object {o.id} (key {key}) bytes differ"
+
+
+class TightAdversaryMachine(AdversaryMachine):
+    """The same under a swap too small for everything: memory runs out
+    (OutOfMemory must then change nothing, or be a clean short write) and
+    the swapper swaps whole processes out."""
+
+    KERNEL_ARGS = {"memlimit": "320K", "swap": "256K", "oom_timeout": 0.5}
+    TIGHT = True
 
 
 TestAdversaryMachine = AdversaryMachine.TestCase

@@ -191,9 +191,9 @@ def test_exec_gives_fresh_space_and_leaves_sharers_alone(kernel):
     with pytest.raises(SegmentationFault):
         c.read(a, 1)
     assert p.read(a, 4) == b"keep"
-    b = c.mmap(8 * KB)
+    b = c.mmap(8 * KB)  # likely the same address as `a`: a different space
     c.write(b, b"c")
-    assert all(m.start != b for m in p.maps()) or p.read(b, 1) != b"c"
+    assert p.read(a, 4) == b"keep" and len(p.maps()) == 1
     k.check()
     # exec of an unshared space tears it down
     p.exec()
@@ -437,15 +437,23 @@ def test_map_stack_bad_sizes_and_overlap(kernel):
             p.map_stack(*args, **kw)
         assert errno_of(ei) == errno.EINVAL, (args, kw)
     with pytest.raises(TypeError):
-        p.map_stack(1.5)  # type: ignore[arg-type]
+        p.map_stack(1.5)
     # overlapping an existing mapping (anywhere in the reservation, guard included)
     for addr in (x - 512 * KB, x, x - 1 * MB + PAGE_SIZE, x - 1 * MB + 2 * PAGE_SIZE):
         with pytest.raises(VMError) as ei:
             p.map_stack(1 * MB, addr=addr)
         assert errno_of(ei) == errno.ENOMEM, hex(addr)
     assert p.maps() == before
+    k.check()
+
+
+def test_map_stack_over_another_stacks_reservation(kernel):
+    """map_stack reserves max_size bytes: a second stack inside the first's
+    unmapped growth area overlaps it (FreeBSD 12+: the gap entry)."""
+    k = kernel
+    p = k.spawn()
     top = p.map_stack(1 * MB)
-    with pytest.raises(VMError) as ei:  # over another stack's reservation
+    with pytest.raises(VMError) as ei:
         p.map_stack(512 * KB, addr=top - 1 * MB)
     assert errno_of(ei) == errno.ENOMEM
     k.check()
@@ -499,7 +507,7 @@ def test_stack_growth_after_fork_is_cow(kernel):
     c.write(top - 1 * MB, b"cgrow")  # the child grows its own stack
     assert c.read(top - 200 * KB, 5) == b"pdeep"
     p.write(top - 700 * KB, b"pgrow")  # the parent grows differently
-    assert p.read(top - 1 * MB, 5) in (bytes(5),)  # the child's growth is not the parent's
+    assert p.read(top - 1 * MB, 5) == bytes(5)  # the child's growth is not the parent's
     assert c.read(top - 700 * KB, 5) == bytes(5)
     assert c.read(top - 1 * MB, 5) == b"cgrow"
     assert c.read(top - 8, 8) == b"child!!!" and p.read(top - 8, 8) == b"parent!!"
@@ -536,12 +544,22 @@ def test_stack_growth_after_munmap_of_part(kernel):
     p.write(top - SGROWSIZ - 1, b"g")
     assert stack_span(p) == (top - 2 * SGROWSIZ, top - PAGE_SIZE)
     k.check()
-    # unmap the lowest 64K of the stack: that is growth area again
+    # unmap the lowest 64K of the stack.  Whether that hole is growth area
+    # again differs between BSDs (FreeBSD 12+: no, the gap entry is no longer
+    # adjacent; FreeBSD 5-11: yes, the clipped entry keeps avail_ssize), so
+    # accept either, but consistently.
     lo, _ = stack_span(p)
     p.munmap(lo, 64 * KB)
-    p.write(lo + 4 * KB, b"regrow")
-    assert p.read(lo + 4 * KB, 6) == b"regrow"
-    assert stack_span(p)[0] <= lo + 4 * KB
+    before = p.maps()
+    try:
+        p.write(lo + 4 * KB, b"regrow")
+    except SegmentationFault as e:
+        assert e.code == "SEGV_MAPERR"
+        assert p.maps() == before
+    else:
+        assert p.read(lo + 4 * KB, 6) == b"regrow"
+        assert stack_span(p)[0] <= lo + 4 * KB
+    assert p.read(top - 2 * PAGE_SIZE, 1) == b"\0"
     k.check()
 
 
@@ -606,7 +624,7 @@ def test_rlimit_defaults_and_errors(kernel):
         p.getrlimit(12345)
     assert errno_of(ei) == errno.EINVAL
     with pytest.raises(TypeError):
-        p.setrlimit(RLIMIT_DATA, 1.0, hard)  # type: ignore[arg-type]
+        p.setrlimit(RLIMIT_DATA, 1.0, hard)
     assert p.getrlimit(RLIMIT_DATA) == (soft, hard)  # nothing changed
     p.setrlimit(RLIMIT_STACK, 1 * MB, 2 * MB)
     with pytest.raises(VMError) as ei:
@@ -868,19 +886,22 @@ def test_touching_swapped_out_process_swaps_it_in(tiny):
         q.write(a, bytes([65 + i]))
         q.sleep()
         ts.append((q, a))
-    swap_out(k, *(q for q, _ in ts))
-    ins = k.stats()["swapins"]
+    fillers = swap_out(k, *(q for q, _ in ts))
+    for f in fillers[:40]:  # room to swap back in without pushing others out
+        f.exit()
+    k.pagedaemon.wait_idle()
+    assert all(q.state == "W" for q, _ in ts)
     (r, ra), (w, wa), (m, _), (wk, _), (f, fa), (st, _) = ts
-    assert r.read(ra, 1) == b"A"
-    w.write(wa, b"w")
-    m.mmap(PAGE_SIZE)
-    wk.wake()
-    child = f.fork()
-    st.stop()
-    assert [q.state for q, _ in ts] == ["S", "S", "S", "R", "S", "T"]
-    assert k.stats()["swapins"] == ins + 6
-    assert all(uarea_wired(k, q) for q, _ in ts)
-    assert child.state == "R" and uarea_wired(k, child) and child.read(fa, 1) == b"E"
+    ops = [(r, lambda: r.read(ra, 1) == b"A", "S"),
+           (w, lambda: w.write(wa, b"w") is None, "S"),
+           (m, lambda: m.mmap(PAGE_SIZE) > 0, "S"),
+           (wk, lambda: wk.wake() is None, "R"),
+           (f, lambda: f.fork().read(fa, 1) == b"E", "S"),
+           (st, lambda: st.stop() is None, "T")]
+    for q, op, state in ops:
+        ins = k.stats()["swapins"]
+        assert op()
+        assert q.state == state and k.stats()["swapins"] == ins + 1 and uarea_wired(k, q), q
     assert w.read(wa, 1) == b"w"
     k.check()
 
@@ -1014,12 +1035,7 @@ def test_kernacc_and_chgkprot(kernel):
     assert k.kernacc(u, USPACE, RW)
     assert k.kernacc(u + 5, 10, PROT_READ)
     assert not k.kernacc(0x1000, PAGE_SIZE, PROT_READ)  # user address
-    kmem = next(m for m in k.kmem_maps() if m.name == "kmem_map")
-    hole = kmem.end - PAGE_SIZE
-    assert not any(e.start <= hole < e.end for e in kmem.entries)
-    assert not k.kernacc(hole, PAGE_SIZE, PROT_READ)
-    last = max(kmem.entries, key=lambda e: e.end)
-    assert not k.kernacc(last.start, last.end - last.start + PAGE_SIZE, PROT_READ) or last.end != hole
+    assert not k.kernacc(0xFFFF900000000000, PAGE_SIZE, PROT_READ)  # beyond the kernel
     k.chgkprot(u, USPACE, PROT_READ)
     assert k.kernacc(u, USPACE, PROT_READ) and not k.kernacc(u, USPACE, PROT_WRITE)
     k.chgkprot(u, USPACE, RW)
@@ -1030,10 +1046,47 @@ def test_kernacc_and_chgkprot(kernel):
     with pytest.raises(VMError) as ei:
         k.chgkprot(u, 0, PROT_READ)
     assert errno_of(ei) == errno.EINVAL
-    with pytest.raises(VMError):
-        k.chgkprot(hole, PAGE_SIZE, PROT_READ)  # a hole
     with pytest.raises(TypeError):
-        k.kernacc(u, 1.0, PROT_READ)  # type: ignore[arg-type]
+        k.kernacc(u, 1.0, PROT_READ)
+    k.check()
+
+
+def test_kernacc_false_on_hole_inside_submap(kernel):
+    """An unmapped page of kmem_map is a hole: kernacc is False (the
+    contract: False on any hole), and chgkprot of it fails."""
+    k = kernel
+    p = k.spawn()
+    kmem = next(m for m in k.kmem_maps() if m.name == "kmem_map")
+    hole = kmem.end - PAGE_SIZE
+    assert not any(e.start <= hole < e.end for e in kmem.entries)
+    assert k.kernacc(p.uarea, USPACE, PROT_READ)
+    with pytest.raises(VMError):
+        k.chgkprot(hole, PAGE_SIZE, PROT_READ)
+    assert not k.kernacc(hole, PAGE_SIZE, PROT_READ)
+    assert not k.kernacc(p.uarea, kmem.end - p.uarea, PROT_READ)
+    k.check()
+
+
+def test_vslock_then_exit_and_shared_exec_with_wired(kernel):
+    k = kernel
+    p = k.spawn()
+    a = p.mmap(64 * KB)
+    p.vslock(a, 64 * KB)
+    wired = k.stats()["wired"]
+    p.exit()
+    assert k.stats()["wired"] <= wired - 16
+    k.check()
+    q = k.spawn()
+    b = q.mmap(64 * KB)
+    q.write(b, b"w")
+    q.mlock(b, 64 * KB)
+    c = q.fork(shared=True)
+    q.exec()  # the old, wired space stays with the sharer
+    assert q.maps() == [] and c.read(b, 1) == b"w" and c.maps()[0].wired
+    k.check()
+    c.exit()
+    k.check()
+    q.mlock(q.mmap(64 * KB), 64 * KB)  # the budget came back
     k.check()
 
 
@@ -1141,6 +1194,7 @@ def test_exited_process_esrch_changes_nothing(kernel, shared):
 @pytest.mark.parametrize("shared", [False, True])
 def test_fork_without_uarea_is_oom_and_leaves_no_child(shared):
     with rumpvm.Kernel(memlimit="1M", oom_timeout=0.3) as k:
+        base = k.stats()["objects"]
         p = k.spawn("p")
         a = p.mmap(2 * MB)
         with pytest.raises(OutOfMemory):
@@ -1157,5 +1211,5 @@ def test_fork_without_uarea_is_oom_and_leaves_no_child(shared):
         assert c.read(a, 1) == b"x"
         c.exit()
         p.exit()
-        assert k.stats()["objects"] == 0
+        assert k.stats()["objects"] == base
         k.check()
