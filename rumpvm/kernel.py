@@ -202,6 +202,7 @@ class Kernel:
         self.pagedaemon.reclaimers.append(self._drain_pools)
         self.uarea_cache: list[int] = []
         self.maxslp = swapper.MAXSLP  # seconds asleep before a process is swapped out first
+        self.nswapped = 0  # processes swapped out (the scheduler has work)
         with self.lock:
             self.kernel_object = vm_object.allocate(
                 self, (VM_MAX_KERNEL_ADDRESS - VM_MIN_KERNEL_ADDRESS) >> PAGE_SHIFT, "kernel")
@@ -353,15 +354,21 @@ class Kernel:
             return proc_spawn(self, name)
 
     def kernacc(self, addr: int, length: int, prot: int) -> bool:
-        """uvm_kernacc: whether all of the kernel range is mapped with `prot`."""
+        """uvm_kernacc: whether all of the kernel range is mapped with `prot`,
+        looking through submaps (False on any hole)."""
         for v in (addr, length, prot):
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError("addr, length and prot must be int")
         with self.gate:
             if length < 0 or addr < self.kernel_map.min or addr + length > self.kernel_map.max:
                 return False
-            start, end = addr & ~(PAGE_SIZE - 1), (addr + length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-            return self.kernel_map.check_protection(start, end, prot)
+            va, end = addr & ~(PAGE_SIZE - 1), (addr + length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+            while va < end:
+                _, e = resolve(self.kernel_map, va)
+                if e is None or e.prot & prot != prot:
+                    return False
+                va = e.end
+            return True
 
     def chgkprot(self, addr: int, length: int, prot: int) -> None:
         """uvm_chgkprot: change the protection of a kernel range (within its

@@ -150,9 +150,11 @@ class VMMap:
         # Sleepers in kmem_alloc_wait wait here for kmem_free_wakeup.
         self.space_cv = threading.Condition(kernel.lock)
         self.space_waiters = 0
-        # Bytes a grow-down stack of this map may reach (RLIMIT_STACK of its
-        # process); 0: stacks do not grow (kernel maps).
+        # The limits of the process whose call is running (RLIMIT_STACK,
+        # RLIMIT_AS): a grow-down stack stays within both.  0: stacks do
+        # not grow (kernel maps).
         self.stack_limit = 0
+        self.as_limit = 0
 
     def space_wait(self) -> None:
         """Sleep until an entry of this map is deleted (kmem_alloc_wait);
@@ -340,6 +342,8 @@ class VMMap:
             vm_object.deallocate(k, obj)
         self.space_cv.notify_all()
         k.mem_cv.notify_all()
+        if k.nswapped:
+            k.pagedaemon.wake()  # the scheduler may swap someone back in
 
     def destroy(self) -> None:
         self.delete(self.min, self.max)
@@ -497,8 +501,9 @@ def stack_growth(vmap: VMMap, va: int) -> tuple[VMMapEntry, int] | None:
     floor = max(s.grow_floor, prev.end if prev is not vmap.header else 0)
     if not s.grow_floor or page < floor:
         return None
-    room = vmap.stack_limit - stack_size(vmap, s)
-    new_start = max(floor, s.start - max(s.start - page, SGROWSIZ), s.start - room // PAGE_SIZE * PAGE_SIZE)
+    room = min(vmap.stack_limit - stack_size(vmap, s), vmap.as_limit - vmap.size)
+    step = -(-(s.start - page) // SGROWSIZ) * SGROWSIZ  # whole SGROWSIZ steps
+    new_start = max(floor, s.start - step, s.start - room // PAGE_SIZE * PAGE_SIZE)
     return (s, new_start) if new_start <= page else None
 
 
@@ -524,3 +529,13 @@ def growstack(vmap: VMMap, va: int) -> bool:
     s.grow_floor = 0
     vmap.insert(low)
     return True
+
+
+def stack_range_free(vmap: VMMap, start: int, end: int) -> bool:
+    """Nothing mapped in [start, end), and no stack whose reservation (down
+    to its guard page) reaches into it (lock held)."""
+    if vmap.entries_in(start, end):
+        return False
+    _, prev = vmap.lookup_entry(start)
+    above = prev.next
+    return above is vmap.header or not above.grow_floor or above.grow_floor - PAGE_SIZE >= end  # type: ignore[attr-defined]

@@ -80,6 +80,11 @@ class PageQueues:
         (self.active if queue == ACTIVE else self.inactive)[page] = None
         page.queue = queue
 
+    def deactivate_first(self, page: VMPage) -> None:
+        """Put a page at the head of the inactive queue: the next victim."""
+        self.enqueue(page, INACTIVE)
+        self.inactive.move_to_end(page, last=False)
+
     def dequeue(self, page: VMPage) -> None:
         if page.queue == ACTIVE:
             del self.active[page]

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from . import swapper
 from .constants import PAGE_SIZE
 from .errors import VMError
-from .page import ACTIVE, INACTIVE, VMPage
+from .page import ACTIVE, VMPage
 from .physmem import PDRESERVE_PAGES, page_free, swap_free
 from .pmap import page_remove_all
 from .policy import POLICIES, Policy
@@ -224,8 +224,10 @@ class Pagedaemon:
         if short <= 0:
             return drained
         self._deactivate_over_rss()
+        swapped = swapper.swapout_sleepers(k)
         short = self._evict(short)
-        if short > 0 and swapper.swapout_threads(k, short):
+        # As uvm_swapout_threads: the fallbacks only when no long sleeper went.
+        if short > 0 and not swapped and swapper.swapout_threads(k, short):
             self._evict(short)
         return drained
 
@@ -247,7 +249,7 @@ class Pagedaemon:
                     break
                 if page.queue and not page.busy:
                     page.referenced = False
-                    k.queues.enqueue(page, INACTIVE)
+                    k.queues.deactivate_first(page)
                     over -= 1
 
     def _evict(self, short: int) -> int:

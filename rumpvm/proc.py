@@ -52,7 +52,7 @@ from .constants import (
 from .errors import OutOfMemory, VMError, einval
 from .fault import vm_fault
 from .inspect import MapEntry, ProcStatus, SmapsInfo, entry_record, peek_map, smaps_record
-from .map import SGROWSIZ, STACK_NAME, VMMap, VMMapEntry
+from .map import SGROWSIZ, STACK_NAME, VMMap, VMMapEntry, stack_range_free
 from .physmem import Reservation, pool_prime, reserve, reserve_more
 from .uio import check_access, vm_read, vm_readinto, vm_write
 from .vmspace import Vmspace, vmspace_alloc, vmspace_fork, vmspace_free
@@ -114,7 +114,6 @@ class Proc:
         self.slept_at = 0.0  # when it last went to sleep or stopped
         self.swapped_at = 0.0
         self.resident_since = now
-        vmspace.stack_limit = limits[resource.RLIMIT_STACK][0]
 
     def __repr__(self) -> str:
         return f"<Proc {self.pid} {self.name!r}{'' if self.alive else ' exited'}>"
@@ -138,7 +137,11 @@ class Proc:
             swapper.swapin(k, self)
             if not self.alive:
                 raise VMError(errno.ESRCH, f"process {self.pid} has exited")
-        return self.vmspace
+        vm = self.vmspace
+        # Faults in this call grow stacks within this process's limits.
+        vm.stack_limit = self.limits[resource.RLIMIT_STACK][0]
+        vm.as_limit = self.limits[resource.RLIMIT_AS][0]
+        return vm
 
     # -- run states --------------------------------------------------------------
 
@@ -183,8 +186,6 @@ class Proc:
         with self.kernel.gate:
             self._check_alive()
             self.limits[r] = resource.check_new_limit(self.limits[r], soft, hard)
-            if r == resource.RLIMIT_STACK:
-                self.vmspace.stack_limit = self.limits[r][0]
 
     def _check_alive(self) -> None:
         """ESRCH for an exited process, without swapping it in (lock held)."""
@@ -469,7 +470,8 @@ class Proc:
         if n < 0 or a < 0:
             raise einval("negative address or length")
         with self.kernel.gate:
-            return peek_map(self.kernel, self._live(), a, n)
+            self._check_alive()
+            return peek_map(self.kernel, self.vmspace, a, n)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -498,7 +500,6 @@ class Proc:
         with k.gate:
             old = self._live()
             self.vmspace = vmspace_alloc(k, self.name)
-            self.vmspace.stack_limit = self.limits[resource.RLIMIT_STACK][0]
             vmspace_free(old)
 
     def unshare(self) -> None:
@@ -511,7 +512,6 @@ class Proc:
                 return
             with reserve(k, 0) as resv:
                 new = _fork_vmspace(k, self, resv)
-            new.stack_limit = old.stack_limit
             self.vmspace = new
             vmspace_free(old)
 
@@ -536,12 +536,13 @@ class Proc:
             if init > self.limits[resource.RLIMIT_STACK][0]:
                 raise VMError(errno.ENOMEM, f"stack of {init} bytes exceeds RLIMIT_STACK")
             if a:
-                if vmap.entries_in(a, a + n):
-                    raise VMError(errno.ENOMEM, f"stack range {a:#x}-{a + n:#x} overlaps a mapping")
+                if not stack_range_free(vmap, a, a + n):
+                    raise VMError(errno.ENOMEM, f"stack range {a:#x}-{a + n:#x} overlaps a mapping"
+                                                " or another stack's reservation")
                 bos = a
             else:
                 top_hint = VM_MAXUSER_ADDRESS - n
-                found = top_hint if not vmap.entries_in(top_hint, VM_MAXUSER_ADDRESS) else None
+                found = top_hint if stack_range_free(vmap, top_hint, VM_MAXUSER_ADDRESS) else None
                 if found is None:
                     found = vmap.find_space(VM_MIN_ADDRESS, n)
                 if found is None:
@@ -596,26 +597,31 @@ class Proc:
         with the runs of pages that have contents; never pages anything in
         or materialises untouched memory."""
         with self.kernel.gate:
-            return coredump.walk(self.kernel, self._live())
+            self._check_alive()
+            return coredump.walk(self.kernel, self.vmspace)
 
     def coredump(self, path: str) -> None:
         """Write an ELF core file of the process to `path` (mode 0600)."""
         if not isinstance(path, str):
             raise TypeError("path must be str")
         with self.kernel.gate:
-            segments = coredump.walk(self.kernel, self._live())
+            self._check_alive()
+            segments = coredump.walk(self.kernel, self.vmspace)
             state = self.state
         coredump.write_core(path, segments, self.name, self.pid, self.ppid, state=state)
 
     # -- inspection --------------------------------------------------------------------
 
     def maps(self) -> list[MapEntry]:
+        """The map entries (inspection: a swapped-out process stays out)."""
         with self.kernel.gate:
-            return [entry_record(e) for e in self._live().entries()]
+            self._check_alive()
+            return [entry_record(e) for e in self.vmspace.entries()]
 
     def smaps(self) -> list[SmapsInfo]:
         with self.kernel.gate:
-            vmap = self._live()
+            self._check_alive()
+            vmap = self.vmspace
             return [smaps_record(self.kernel, vmap, e) for e in vmap.entries()]
 
     def status(self) -> ProcStatus:
@@ -718,9 +724,12 @@ def proc_fork(k: Kernel, parent: Proc, name: str, shared: bool) -> Proc:
 def proc_exit(k: Kernel, p: Proc) -> None:
     """uvm_exit: drop the vmspace and free the u-area."""
     p.alive = False
-    if p.swapped:  # its u-area is pageable: wire nothing back, just free it
-        p.swapped = False
     vmspace_free(p.vmspace)
-    uarea_free(k, p.uarea)
+    if p.swapped:  # its u-area is pageable: never cache it for a new process
+        p.swapped = False
+        k.nswapped -= 1
+        k.kmem_map.delete(p.uarea, p.uarea + USPACE)
+    else:
+        uarea_free(k, p.uarea)
     del k.proctab[p.pid]
     k.uvmexp.exits += 1

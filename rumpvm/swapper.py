@@ -46,6 +46,7 @@ def swapout(k: Kernel, p: Proc) -> int:
     k.kmem_map.unwire(p.uarea, p.uarea + USPACE)
     p.swapped = True
     p.swapped_at = time.monotonic()
+    k.nswapped += 1
     made = USPACE_PAGES
     queues = k.queues
     vmap = p.vmspace
@@ -72,23 +73,29 @@ def swapin(k: Kernel, p: Proc, nowait: bool = False) -> bool:
         raise
     p.swapped = False
     p.resident_since = time.monotonic()
+    k.nswapped -= 1
     k.uvmexp.swapins += 1
     return True
 
 
-def swapout_threads(k: Kernel, short: int) -> int:
-    """uvm_swapout_threads for a shortage of `short` pages; returns the
-    pages it made pageable."""
+def swapout_sleepers(k: Kernel) -> int:
+    """The first rule of uvm_swapout_threads, run whenever memory is short:
+    every process asleep or stopped for at least `maxslp` goes out.
+    Returns the pages it made pageable."""
     now = time.monotonic()
+    return sum(swapout(k, p) for p in list(k.proctab.values())
+               if swappable(p) and p.run_state in "ST" and now - p.slept_at >= k.maxslp)
+
+
+def swapout_threads(k: Kernel, short: int) -> int:
+    """The rest of uvm_swapout_threads, when paging alone left memory
+    `short` pages short: the longest-sleeping processes, then the
+    longest-resident running ones, until the shortage is covered.
+    Returns the pages it made pageable."""
     procs = [p for p in k.proctab.values() if swappable(p)]
-    made = 0
-    for p in procs:
-        if p.run_state in "ST" and now - p.slept_at >= k.maxslp:
-            made += swapout(k, p)
-    if made:
-        return made
     sleepers = sorted((p for p in procs if p.run_state in "ST"), key=lambda p: p.slept_at)
     runners = sorted((p for p in procs if p.run_state == "R"), key=lambda p: p.resident_since)
+    made = 0
     for p in (*sleepers, *runners):
         if made >= short:
             break

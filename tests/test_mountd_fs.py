@@ -79,7 +79,7 @@ def test_tree_layout_modes_and_owner(kernel, vm: Path) -> None:
     assert listing == sorted(["meminfo", "vmstat", "limit", "swaps", "pagedaemon", "proc", "objects", "kmem"])
     assert run("ls", vm / "pagedaemon").stdout.split() == ["freemin", "freetarg", "policy", "status"]
     assert str(p.pid) in run("ls", vm / "proc").stdout.split()
-    assert run("ls", vm / "proc" / str(p.pid)).stdout.split() == ["maps", "mem", "smaps", "status"]
+    assert run("ls", vm / "proc" / str(p.pid)).stdout.split() == ["limits", "maps", "mem", "smaps", "status"]
     assert "pools" in os.listdir(vm / "kmem") and "kernel_map" in os.listdir(vm / "kmem")
     expected = {
         "": 0o555, "proc": 0o555, f"proc/{p.pid}": 0o555, "meminfo": 0o444, "vmstat": 0o444,
