@@ -74,8 +74,11 @@ def build(k: rumpvm.Kernel) -> Scene:
 def counters(k: rumpvm.Kernel) -> dict[str, int]:
     settle(k)
     s = k.stats()
-    return {n: s[n] for n in ("pageins", "resident", "faults", "zerofills", "cowfaults", "swpginuse",
-                              "referenced", "active", "inactive", "objects")}
+    out = {n: s[n] for n in ("pageins", "resident", "faults", "zerofills", "cowfaults", "swpginuse",
+                             "active", "inactive", "objects")}
+    with k.lock:  # the pages' referenced bits (the MMU's; no counter keeps them)
+        out["referenced"] = sum(pg.referenced for q in (k.queues.active, k.queues.inactive) for pg in q)
+    return out
 
 
 def pages_of(seg: CoreSegment) -> dict[int, bytes]:
