@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+import hypercall
+
 from . import object as vm_object
 from .constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from .errors import SegmentationFault
@@ -282,7 +284,9 @@ def stats(k: Kernel) -> dict[str, int]:
 def meminfo(k: Kernel) -> dict[str, int]:
     """/proc/meminfo fields, in bytes.  Lock held."""
     s = stats(k)
-    total = s["npages"] * PAGE_SIZE
+    # Without a limit the host's memory is the total, as a container without
+    # a memory limit sees it.
+    total = s["npages"] * PAGE_SIZE if k.physmem.limit is not None else hypercall.host_memory()
     free = s["free"] * PAGE_SIZE if k.physmem.limit is not None else max(0, total - s["resident"])
     q = k.queues
     dirty = sum(1 for queue in (q.active, q.inactive) for p in queue if p.dirty)
