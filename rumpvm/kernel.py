@@ -86,6 +86,7 @@ class Counters:
     exits: int = 0
     swapouts: int = 0
     swapins: int = 0
+    directreclaims: int = 0
 
 
 def _parse_memlimit(value: int | str | None, what: str = "memlimit") -> int | None:

@@ -58,6 +58,7 @@ class Pagedaemon:
         self._freetarg = 0
         self.tuned = False  # knobs set by hand are kept across limit changes
         self.state = "sleeping"
+        self.scanning = False  # a scan is running (the daemon's or a direct reclaim)
         self.ctl = _Control()
         # A scan that freed nothing stalls the daemon until something changes
         # (a page freed elsewhere, a knob or limit changed): waiters then
@@ -196,20 +197,37 @@ class Pagedaemon:
         self.ctl.wanted = False
         k.uvmexp.pdwoke += 1
         if self.shortage() > 0:
-            self.state = "scanning"
-            # Progress is what this scan freed, not the change in resident
-            # memory: waiters allocate while it writes.
-            freed = k.uvmexp.pdfreed
-            try:
-                freed = self.scan() + k.uvmexp.pdfreed - freed
-            except Exception:  # a daemon that dies would hang every waiter
-                log.exception("pagedaemon scan failed")
-                freed = 0
-            self.state = "sleeping"
-            self.stalled = freed == 0 and self.shortage() > 0
+            self.reclaim()
         else:
             swapper.scheduler(k)
         k.mem_cv.notify_all()
+
+    def reclaim(self, direct: bool = False) -> int:
+        """One scan, by the daemon or — `direct` reclaim — by a thread that
+        needs memory, if memory is short and no other scan is running;
+        returns the pages it freed.  Lock held (dropped for swap I/O)."""
+        k = self.k
+        if self.scanning or self.shortage() <= 0:
+            return 0
+        if direct:
+            k.uvmexp.directreclaims += 1
+        self.scanning = True
+        self.state = "scanning"
+        # Progress is what this scan freed, not the change in resident
+        # memory: waiters allocate while it writes.
+        before = k.uvmexp.pdfreed
+        try:
+            freed = self.scan() + k.uvmexp.pdfreed - before
+        except Exception:  # a daemon that dies would hang every waiter
+            log.exception("pagedaemon scan failed")
+            freed = 0
+        finally:
+            self.scanning = False
+            self.state = "sleeping"
+        self.stalled = freed == 0 and self.shortage() > 0
+        if freed:
+            k.mem_cv.notify_all()
+        return freed
 
     def scan(self) -> int:
         """One scan toward freetarg; returns the frames the reclaimers gave

@@ -176,6 +176,11 @@ def memwait(k: Kernel, deadline: float | None) -> float:
     if now >= deadline or in_pagedaemon(k):
         k.uvmexp.oomfails += 1
         raise OutOfMemory(f"out of memory: nothing could be freed within {k.oom_timeout:g}s")
+    # Direct reclaim: scan in this thread rather than hand off to the
+    # daemon and sleep (a thread switch each way per batch of pages).
+    if not k.pagedaemon.stalled and k.pagedaemon.reclaim(direct=True):
+        k.check_open()
+        return deadline
     if not k.pagedaemon.stalled:
         k.pagedaemon.wake()
     k.mem_waiters += 1

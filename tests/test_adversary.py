@@ -308,10 +308,13 @@ class AdversaryMachine(RuleBasedStateMachine):
             expected, exp_exc = mcall(), None
         except (ModelError, ModelSegv) as e:
             expected, exp_exc = None, e
+        before = self.observe()
         try:
             got = kcall()
         except rumpvm.OutOfMemory as e:
             self.oom_ok(e, what)
+            if self.last_write is None:
+                assert self.observe() == before, f"{what} failed ({e!r}) but changed maps or objects"
             assert snap is not None
             self.m = snap[0]
             self.procs = [(p, sp) for (p, _), sp in zip(self.procs, snap[1])]
@@ -323,13 +326,22 @@ class AdversaryMachine(RuleBasedStateMachine):
             assert isinstance(exp_exc, ModelSegv), f"{what}: kernel {e!r}, model {exp_exc!r}"
             assert (e.addr, e.access, e.code) == (exp_exc.addr, exp_exc.access, exp_exc.code), \
                 f"{what}: kernel {e!r}, model {exp_exc}"
+            assert self.observe() == before, f"{what} failed ({e!r}) but changed maps or objects"
             return None
         except rumpvm.VMError as e:
             assert isinstance(exp_exc, ModelError), f"{what}: kernel {e!r}, model {exp_exc!r}"
             assert e.errno == exp_exc.errno, f"{what}: kernel {e!r}, model {exp_exc}"
+            assert self.observe() == before, f"{what} failed ({e!r}) but changed maps or objects"
             return None
         assert exp_exc is None, f"{what}: kernel succeeded ({got!r}), model expected {exp_exc}"
         return got, expected
+
+    def observe(self):
+        """What a failed call must not change: every map entry (not just
+        the pages: a failed call must not leave entries split) and every
+        object's references and chain."""
+        return ([p.maps() for p, _ in self.procs],
+                sorted((o.id, o.refs, o.shadow, o.backing_offset, o.size) for o in self.k.objects()))
 
     def oom_ok(self, e: rumpvm.OutOfMemory, what: str) -> None:
         """OutOfMemory is the right answer only when memory really ran out:
@@ -584,9 +596,11 @@ class AdversaryMachine(RuleBasedStateMachine):
     @rule(i=procs)
     def fork(self, i):
         p, sp = self.pick(i)
+        before = self.observe()
         try:
             c = p.fork()
         except rumpvm.OutOfMemory as e:
+            assert self.observe() == before, "a failed fork changed maps or objects"
             return self.oom_ok(e, "fork")
         self.procs.append((c, self.m.fork(sp)))
 
@@ -596,18 +610,22 @@ class AdversaryMachine(RuleBasedStateMachine):
         """vfork-like: one address space for both (the model's Space object
         is shared too)."""
         p, sp = self.pick(i)
+        before = self.observe()
         try:
             c = p.fork(shared=True)
         except rumpvm.OutOfMemory as e:
+            assert self.observe() == before, "a failed fork(shared=True) changed maps or objects"
             return self.oom_ok(e, "fork(shared=True)")
         self.procs.append((c, sp))
 
     @rule(i=procs)
     def unshare(self, i):
         p, sp = self.pick(i)
+        before = self.observe()
         try:
             p.unshare()
         except rumpvm.OutOfMemory as e:
+            assert self.observe() == before, "a failed unshare changed maps or objects"
             return self.oom_ok(e, "unshare")
         if sum(s is sp for _, s in self.procs) > 1:
             j = next(j for j, (q, _) in enumerate(self.procs) if q is p)
@@ -616,9 +634,11 @@ class AdversaryMachine(RuleBasedStateMachine):
     @rule(i=procs)
     def exec(self, i):
         p, _ = self.pick(i)
+        before = self.observe()
         try:
             p.exec()
         except rumpvm.OutOfMemory as e:
+            assert self.observe() == before, "a failed exec changed maps or objects"
             return self.oom_ok(e, "exec")
         j = next(j for j, (q, _) in enumerate(self.procs) if q is p)
         self.procs[j] = (p, Space(reserved=[(e.start, e.end) for e in p.maps()]))
