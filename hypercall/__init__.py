@@ -9,13 +9,45 @@ structures; addresses are plain integers.
 Ownership: an `Arena` or `Block` owns its host memory until `unmap`/`free`;
 a `SwapFile` owns its descriptor (and, for a temp file, the path).  All
 calls are thread-safe (they hold no state beyond their arguments).
+
+Fault injection (TEST-ONLY).  `faults` is a registry of armed fault points
+that tests use to make host calls fail the way a sick host would, under a
+real kernel (nothing in the VM is mocked).  Production code never arms
+anything; with nothing armed each instrumented call costs one check of
+the empty `faults` dict.  Arm a point with `inject` (a context manager;
+disarms on exit and releases any call still blocked) or `arm`/`disarm`:
+
+    with hypercall.inject("swap_write", errno.ENOSPC, count=3) as f:
+        ...                      # the next 3 swap writes fail; f.hits counts them
+
+Points (checked before the real call):
+  anonmmap          `anonmmap` fails (default ENOMEM); nothing is mapped.
+  swap_write        `SwapFile.write_pages` fails (default EIO); nothing written.
+  swap_write_short  `write_pages` transfers only part (the first half of the
+                    pages, or half of a single page), then fails with EIO as
+                    the C layer reports a short transfer.
+  swap_read         `SwapFile.read_pages` and `SwapFile.read` fail (EIO).
+  swap_read_short   they read only part of the data (into the caller's
+                    pages), then fail with EIO.
+  swap_delay        any swap I/O call blocks until `Fault.release()` (or the
+                    end of `inject`), then proceeds (a slow disk without
+                    sleeps).  swap_write_delay / swap_read_delay: only writes,
+                    only reads.
+`count` limits how many calls the point hits (None: every call while
+armed), after `skip` calls are let through.  A `Fault` records each hit in
+`log` as (point, offset, npages or nbytes) and `wait(n)` waits for n hits.
+A delay point is checked before the error points, so a call can be made to
+block and then fail.
 """
 
 from __future__ import annotations
 
+import errno as _errno
 import os
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ._hyper import ffi, lib
@@ -46,6 +78,10 @@ def anonmmap(size: int, alignbit: int = 0, exec: bool = False) -> Arena:
     """Map `size` bytes of zeroed anonymous memory aligned to 1<<alignbit."""
     if size <= 0 or size % PAGE_SIZE:
         raise OSError(22, f"anonmmap: size {size} is not a positive multiple of the page size")
+    if faults:
+        f = _hit(("anonmmap",), 0, size)
+        if f is not None:
+            raise OSError(f.errno, f"anonmmap: {os.strerror(f.errno)} (injected)")
     p = lib.rv_anonmmap(size, alignbit, 1 if exec else 0)
     if p == ffi.NULL:
         raise _oserror("anonmmap")
@@ -164,16 +200,22 @@ class SwapFile:
 
     def write_pages(self, offset: int, addrs: Sequence[int], pgsz: int = PAGE_SIZE) -> None:
         """Write the pages at `addrs` contiguously at `offset` (one pwritev)."""
+        if faults:
+            _inject_pages(self.fd, "write", offset, addrs, pgsz)
         if lib.rv_pwrite_pages(self.fd, addrs, len(addrs), pgsz, offset) < 0:
             raise _oserror(f"swap write at {offset:#x}")
 
     def read_pages(self, offset: int, addrs: Sequence[int], pgsz: int = PAGE_SIZE) -> None:
         """Read contiguous pages at `offset` into the pages at `addrs`."""
+        if faults:
+            _inject_pages(self.fd, "read", offset, addrs, pgsz)
         if lib.rv_pread_pages(self.fd, addrs, len(addrs), pgsz, offset) < 0:
             raise _oserror(f"swap read at {offset:#x}")
 
     def read(self, offset: int, length: int) -> bytes:
         """Read `length` bytes at `offset` into a new buffer (no page involved)."""
+        if faults:
+            _inject_read(self.fd, offset, length)
         buf = bytearray(length)
         n = lib.rv_pread(self.fd, ffi.from_buffer(buf), length, offset)
         if n != length:
@@ -190,3 +232,136 @@ def checksum_buffer(data: bytes | bytearray) -> int:
     """Checksum of a Python buffer (same function as `checksum`)."""
     p = ffi.from_buffer(data)
     return lib.rv_checksum(int(ffi.cast("uintptr_t", p)), len(data))
+
+
+# -- fault injection (test-only; see the module docstring) ----------------------------
+
+_DEFAULT_ERRNO = {"anonmmap": _errno.ENOMEM}
+FAULT_POINTS = frozenset({"anonmmap", "swap_write", "swap_write_short", "swap_read", "swap_read_short",
+                          "swap_delay", "swap_write_delay", "swap_read_delay"})
+
+
+class Fault:
+    """An armed fault point.  `hits` counts the calls it hit and `log`
+    records them; `release()` lets blocked calls of a delay point go (and
+    every later call pass without blocking)."""
+
+    def __init__(self, point: str, err: int, count: int | None, skip: int) -> None:
+        self.point = point
+        self.errno = err
+        self.count = count
+        self.skip = skip
+        self.hits = 0
+        self.log: list[tuple[str, int, int]] = []
+        self.released = threading.Event()
+        self._cv = threading.Condition(_faults_lock)
+
+    def release(self) -> None:
+        self.released.set()
+
+    def wait(self, n: int = 1, timeout: float | None = 10.0) -> bool:
+        """Wait until the point was hit `n` times; False on timeout."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self.hits >= n, timeout)
+
+    def __repr__(self) -> str:
+        return f"<Fault {self.point} errno={self.errno} count={self.count} hits={self.hits}>"
+
+
+_faults_lock = threading.Lock()
+faults: dict[str, Fault] = {}  # armed points; empty in production
+
+
+def arm(point: str, err: int | None = None, count: int | None = None, skip: int = 0) -> Fault:
+    """Arm `point` (replacing an armed one of that name) and return it."""
+    if point not in FAULT_POINTS:
+        raise ValueError(f"unknown fault point {point!r}; one of {', '.join(sorted(FAULT_POINTS))}")
+    if (count is not None and count < 0) or skip < 0:
+        raise ValueError("count and skip must be >= 0")
+    f = Fault(point, _DEFAULT_ERRNO.get(point, _errno.EIO) if err is None else err, count, skip)
+    with _faults_lock:
+        old = faults.get(point)
+        faults[point] = f
+    if old is not None:
+        old.release()
+    return f
+
+
+def disarm(point: str | None = None) -> None:
+    """Disarm `point` (None: every point) and release its blocked calls."""
+    with _faults_lock:
+        gone = list(faults.values()) if point is None else [f for f in [faults.get(point)] if f is not None]
+        for f in gone:
+            del faults[f.point]
+    for f in gone:
+        f.release()
+
+
+@contextmanager
+def inject(point: str, err: int | None = None, count: int | None = None, skip: int = 0) -> Iterator[Fault]:
+    """`with inject(point, errno, count=n) as f:` arms a fault point for the
+    block; on exit it is disarmed and any call blocked on it released."""
+    f = arm(point, err, count, skip)
+    try:
+        yield f
+    finally:
+        with _faults_lock:
+            if faults.get(point) is f:
+                del faults[point]
+        f.release()
+
+
+def _hit(points: tuple[str, ...], offset: int, n: int) -> Fault | None:
+    """The first of `points` that is armed and hits this call, or None."""
+    with _faults_lock:
+        for point in points:
+            f = faults.get(point)
+            if f is None:
+                continue
+            if f.skip:
+                f.skip -= 1
+                continue
+            if f.count is not None:
+                if f.count == 0:
+                    continue
+                f.count -= 1
+            f.hits += 1
+            f.log.append((point, offset, n))
+            f._cv.notify_all()
+            return f
+    return None
+
+
+def _delay(op: str, offset: int, n: int) -> None:
+    f = _hit(("swap_delay", f"swap_{op}_delay"), offset, n)
+    if f is not None:
+        f.released.wait()
+
+
+def _inject_pages(fd: int, op: str, offset: int, addrs: Sequence[int], pgsz: int) -> None:
+    """The fault points of write_pages/read_pages: block, fail, or transfer
+    part and fail."""
+    _delay(op, offset, len(addrs))
+    f = _hit((f"swap_{op}", f"swap_{op}_short"), offset, len(addrs))
+    if f is None:
+        return
+    if f.point.endswith("_short"):
+        part, size = (addrs[:len(addrs) // 2], pgsz) if len(addrs) > 1 else (addrs, pgsz // 2)
+        fn = lib.rv_pwrite_pages if op == "write" else lib.rv_pread_pages
+        if fn(fd, part, len(part), size, offset) < 0:
+            raise _oserror(f"swap {op} at {offset:#x}")
+        raise OSError(_errno.EIO, f"short swap {op} at {offset:#x} (injected)")
+    raise OSError(f.errno, f"swap {op} at {offset:#x}: {os.strerror(f.errno)} (injected)")
+
+
+def _inject_read(fd: int, offset: int, length: int) -> None:
+    """The fault points of SwapFile.read."""
+    _delay("read", offset, length)
+    f = _hit(("swap_read", "swap_read_short"), offset, length)
+    if f is None:
+        return
+    if f.point.endswith("_short"):
+        half = bytearray(length // 2)
+        lib.rv_pread(fd, ffi.from_buffer(half), len(half), offset)
+        raise OSError(_errno.EIO, "short swap read (injected)")
+    raise OSError(f.errno, f"swap read at {offset:#x}: {os.strerror(f.errno)} (injected)")

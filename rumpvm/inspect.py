@@ -21,7 +21,7 @@ import hypercall
 
 from . import object as vm_object
 from .constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
-from .errors import SegmentationFault
+from .errors import OutOfMemory, SegmentationFault
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -182,44 +182,56 @@ def _object_page_bytes(k: Kernel, obj: VMObject, pindex: int) -> bytes | None:
     return None
 
 
+def _buffer(length: int) -> bytearray:
+    """A zeroed result buffer; OutOfMemory (not MemoryError) when the host
+    cannot give one."""
+    try:
+        return bytearray(length)
+    except (MemoryError, OverflowError):
+        raise OutOfMemory(f"no host memory for a {length}-byte read") from None
+
+
 def peek_map(k: Kernel, vmap: VMMap, addr: int, length: int) -> bytes:
     """Bytes of [addr, addr+length) up to the first unmapped page, ignoring
     protection.  SegmentationFault if `addr` itself is unmapped."""
     from .fault import resolve
-    parts: list[bytes | memoryview] = []
+    out = _buffer(length)
     va, end = addr, addr + length
     while va < end:
         m, e = resolve(vmap, va)
         if e is None:
             if va == addr:
                 raise SegmentationFault(va, 1, "SEGV_MAPERR")
+            del out[va - addr:]
             break
         stop = min(end, e.end)
         rd = m.pmap.rd
         while va < stop:
             off = va & PAGE_MASK
             n = min(PAGE_SIZE - off, stop - va)
+            pos = va - addr
             page = rd.get(va >> PAGE_SHIFT)
             if page is not None:
-                parts.append(page.buf[page.off + off:page.off + off + n])
-            else:
-                full = _object_page_bytes(k, e.obj, e.pindex(va)) if e.obj is not None else None
-                parts.append(full[off:off + n] if full is not None else _ZEROS[:n])
+                out[pos:pos + n] = page.buf[page.off + off:page.off + off + n]
+            elif e.obj is not None:
+                full = _object_page_bytes(k, e.obj, e.pindex(va))
+                if full is not None:
+                    out[pos:pos + n] = full[off:off + n]
             va += n
-    return b"".join(parts)
+    return bytes(out)
 
 
 def peek_object(k: Kernel, obj: VMObject, offset: int, length: int) -> bytes:
     """Bytes of an object by offset through its chain; short at its end."""
-    size = obj.size << PAGE_SHIFT
-    end = min(size, offset + length)
-    out = bytearray()
+    end = min(obj.size << PAGE_SHIFT, offset + length)
+    out = _buffer(max(0, end - offset))
     pos = offset
     while pos < end:
         off = pos & PAGE_MASK
         n = min(PAGE_SIZE - off, end - pos)
         full = _object_page_bytes(k, obj, pos >> PAGE_SHIFT)
-        out += full[off:off + n] if full is not None else bytes(n)
+        if full is not None:
+            out[pos - offset:pos - offset + n] = full[off:off + n]
         pos += n
     return bytes(out)
 

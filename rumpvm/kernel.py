@@ -423,8 +423,15 @@ class Kernel:
                 raise einval(f"object {obj.id} belongs to another kernel")
             if obj.handles <= 0:
                 raise VMError(errno.EINVAL, f"object {obj.id} is not held")
-            obj.handles -= 1
-            vm_object.deallocate(self, obj)
+            self._drop_handle(obj)
+
+    def _drop_handle(self, obj: VMObject) -> None:
+        """Drop one handle of `obj`: what only the handles reached (pages
+        written by object offset) is freed with the last one (lock held)."""
+        obj.handles -= 1
+        if not obj.handles and obj.ref_count > 1:
+            vm_object.release(self, obj, 0, obj.size)
+        vm_object.deallocate(self, obj)
 
     def _object(self, oid: int) -> VMObject:
         if isinstance(oid, bool) or not isinstance(oid, int):
@@ -468,6 +475,8 @@ class Kernel:
             obj = self._object(oid)
             if offset + len(src) > obj.size << PAGE_SHIFT:
                 raise VMError(errno.EFBIG, f"write past the end of object {oid}")
+            if obj.type == "kernel":
+                raise VMError(errno.EPERM, "the kernel's own object is not writable from outside")
             # A hold for the duration, like a handle: the object must
             # outlive any sleep of the write.
             obj.ref_count += 1
@@ -475,8 +484,7 @@ class Kernel:
             try:
                 uio.object_write(self, obj, offset, src)
             finally:
-                obj.handles -= 1
-                vm_object.deallocate(self, obj)
+                self._drop_handle(obj)
 
     # -- counters and inspection ------------------------------------------------------
 

@@ -410,6 +410,8 @@ class VMMap:
         elif advice == MADV_FREE:
             for e in ents:
                 obj = e.obj
+                if e.needs_copy and obj is not None and obj.ref_count == 1:
+                    e.needs_copy = False  # the copy's other side is gone (as a write fault does)
                 if obj is None or e.shared or e.needs_copy or obj.backing is not None or e.wired_count:
                     continue
                 s, t = max(start, e.start), min(end, e.end)

@@ -704,6 +704,7 @@ def proc_fork(k: Kernel, parent: Proc, name: str, shared: bool) -> Proc:
     its limits inherited.  OutOfMemory leaves no half-made child."""
     parent._live()
     with reserve(k, 0) as resv:
+        cached = bool(k.uarea_cache)
         uarea = uarea_alloc(k)
         try:
             if shared:
@@ -712,7 +713,10 @@ def proc_fork(k: Kernel, parent: Proc, name: str, shared: bool) -> Proc:
             else:
                 vmspace = _fork_vmspace(k, parent, resv)
         except BaseException:
-            uarea_free(k, uarea)
+            if cached:
+                uarea_free(k, uarea)
+            else:  # a failed fork leaves no u-area behind, not even cached
+                k.kmem_map.delete(uarea, uarea + USPACE)
             raise
     pid = k.allocate_pid()
     child = Proc(k, pid, parent.pid, name, vmspace, uarea, dict(parent.limits))
