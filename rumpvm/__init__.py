@@ -34,6 +34,7 @@ from .inspect import MapEntry, ObjectInfo, ProcStatus, SmapsInfo
 from .kernel import Kernel
 from .object import VMObject
 from .proc import Proc
+from .resource import RLIM_INFINITY, RLIMIT_AS, RLIMIT_DATA, RLIMIT_MEMLOCK, RLIMIT_RSS, RLIMIT_STACK
 
 __all__ = [
     "Kernel", "Proc", "VMObject", "VMError", "OutOfMemory", "SegmentationFault",
@@ -44,4 +45,5 @@ __all__ = [
     "MADV_NORMAL", "MADV_RANDOM", "MADV_SEQUENTIAL", "MADV_WILLNEED", "MADV_DONTNEED",
     "MADV_FREE", "MADV_NOSYNC", "MADV_AUTOSYNC", "MADV_NOCORE", "MADV_CORE",
     "MS_ASYNC", "MS_SYNC", "MS_INVALIDATE",
+    "RLIMIT_STACK", "RLIMIT_DATA", "RLIMIT_AS", "RLIMIT_RSS", "RLIMIT_MEMLOCK", "RLIM_INFINITY",
 ]
