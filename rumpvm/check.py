@@ -222,7 +222,7 @@ def check_kernel(k: Kernel) -> list[str]:
 
 def _unreached(o: VMObject) -> list[int]:
     """Pindexes of `o`'s pages and slots outside every range that can reach them."""
-    ranges = vm_object.reached(o)
+    ranges = vm_object.reached(o, kernel_by_mappings=True)
     starts = [a for a, _ in ranges]
     out = []
     for pindex in (*o.pages, *o.swap):

@@ -27,7 +27,7 @@ from .constants import MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, PAGE_SHIFT, PR
 from .errors import OutOfMemory, SegmentationFault, VMError
 from .map import growstack, stack_growth
 from .page import INACTIVE
-from .physmem import memwait, page_alloc, page_free, pool_room
+from .physmem import memwait, page_alloc, page_free, pool_room, swap_free
 from .pmap import page_remove_all
 
 if TYPE_CHECKING:
@@ -156,6 +156,12 @@ def _fault(k: Kernel, vmap: VMMap, va: int, access: int, wire: bool,
             k.queues.unwire(old)
         vmap.wired[vpn] = page
         k.queues.wire(page)
+        owner = page.obj
+        assert owner is not None
+        slot = owner.swap.pop(page.pindex, None)
+        if slot is not None:  # a wired page never goes back to swap: drop its copy
+            swap_free(k, slot)
+            page.dirty = True
     return page
 
 

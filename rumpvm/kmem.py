@@ -58,8 +58,10 @@ class Kmem:
 
     # -- address space -----------------------------------------------------------
 
-    def _insert(self, vmap: VMMap, size: int, name: str) -> VMMapEntry | None:
-        """Map kernel_object over a free range of `vmap`; None if no space."""
+    def _insert(self, vmap: VMMap, size: int, name: str, wired: bool = False) -> int | None:
+        """Map kernel_object over a free range of `vmap` (marked wired
+        before it is linked, so it can only merge with entries like it);
+        returns its address, None if no space."""
         k = self.k
         addr = vmap.find_space(vmap.min, size)
         if addr is None:
@@ -68,8 +70,9 @@ class Kmem:
         obj.ref_count += 1
         e = VMMapEntry(addr, addr + size, obj, addr - VM_MIN_KERNEL_ADDRESS,
                        PROT_READ | PROT_WRITE, PROT_ALL, name=name)
+        e.wired_count = 1 if wired else 0
         vmap.insert(e)
-        return e
+        return addr
 
     def suballoc(self, parent: VMMap, size: int, name: str) -> VMMap:
         """kmem_suballoc: a submap of `size` bytes carved from `parent`."""
@@ -103,13 +106,11 @@ class Kmem:
             pool_prime(k, entries=1)
         elif not pool_room(k, entries=1):
             return 0
-        e = self._insert(vmap, size, name)
-        if e is None:
+        addr = self._insert(vmap, size, name, wired=True)
+        if addr is None:
             if wait:
                 raise VMError(errno.ENOMEM, f"{vmap.name}: no space for {size} bytes")
             return 0
-        e.wired_count = 1
-        addr = e.start
         try:
             for va in range(addr, addr + size, PAGE_SIZE):
                 vm_fault(k, vmap, va, PROT_WRITE, wire=True, nowait=not wait)
@@ -125,10 +126,10 @@ class Kmem:
         size = _round(size)
         with k.gate:
             pool_prime(k, entries=1)
-            e = self._insert(vmap, size, name)
-            if e is None:
+            addr = self._insert(vmap, size, name)
+            if addr is None:
                 raise VMError(errno.ENOMEM, f"{vmap.name}: no space for {size} bytes")
-            return e.start
+            return addr
 
     def free(self, vmap: VMMap, addr: int, size: int) -> None:
         """kmem_free: unmap [addr, addr+size) and free its pages."""
@@ -152,9 +153,9 @@ class Kmem:
         with k.gate:
             while True:
                 pool_prime(k, entries=1)
-                e = self._insert(vmap, size, "wait")
-                if e is not None:
-                    return e.start
+                addr = self._insert(vmap, size, "wait")
+                if addr is not None:
+                    return addr
                 vmap.space_wait()
 
     def free_wakeup(self, vmap: VMMap, addr: int, size: int) -> None:
@@ -178,9 +179,11 @@ class Kmem:
                 deadline = memwait(k, deadline)
             try:
                 arena = hypercall.anonmmap(size, align.bit_length() - 1)
-            except OSError:
+            except OSError as e:
                 k.physmem.uncharge(size)
-                raise
+                if not wait:
+                    return 0
+                raise OutOfMemory(f"uvm_km_alloc of {size} bytes: the host refused ({e.strerror})") from None
             self.km_arenas[arena.addr] = arena
             return arena.addr
 

@@ -162,12 +162,16 @@ def _merge(ranges: Ranges) -> Ranges:
     return out
 
 
-def reached(obj: VMObject, exclude: VMMapEntry | None = None, lo: int = 0, hi: int | None = None) -> Ranges:
+def reached(obj: VMObject, exclude: VMMapEntry | None = None, lo: int = 0, hi: int | None = None,
+            kernel_by_mappings: bool = False) -> Ranges:
     """The pindex ranges of `obj` within [lo, hi) that a mapping (other
     than `exclude`), a shadow, or a handle can still reach, merged and
-    sorted.  Requires the kernel lock."""
+    sorted.  The kernel object counts as wholly reached (its ranges are
+    freed by kmem explicitly) unless `kernel_by_mappings`, as check() asks.
+    Requires the kernel lock."""
     top = obj.size if hi is None else hi
-    if obj.handles or obj.type == "kernel":
+    whole = not kernel_by_mappings if obj.type == "kernel" else bool(obj.handles)
+    if whole:
         return [(lo, top)]
     out: Ranges = []
     for e in obj.mappings:

@@ -15,6 +15,16 @@ there for anything else it might need.  During the write the pages are busy
 and unmapped and the kernel lock is dropped; a thread that touches one
 sleeps on it (`page_cv`) and pages it back in after.
 
+A failed swap write (EIO, ENOSPC, short) loses nothing: the run's slots
+are freed and its pages go back to the active queue, still dirty.  The
+first failure of a streak is logged (one line), the rest of the streak
+only counted, and the recovery logged.  A scan that freed nothing because
+its writes failed is no proof that nothing can be freed (the swap device
+may recover), so instead of stalling for good the daemon retries it every
+`PAGEOUT_RETRY` seconds (at most a quarter of oom_timeout) while memory
+stays short, as BSD's pagedaemon wakes on a timer; waiters still get
+OutOfMemory after oom_timeout if no retry succeeds.
+
 Lock: the kernel lock, except across swap I/O.  Knobs (`freemin`,
 `freetarg`, `policy`) may be changed at any time.  The thread holds its
 Pagedaemon (and so the kernel) only weakly while it sleeps, so a kernel
@@ -47,6 +57,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("rumpvm.pagedaemon")
 
 CLUSTER_MAX = 64  # pages per pageout write
+PAGEOUT_RETRY = 0.25  # seconds between retries of a scan whose swap writes failed
 
 
 class Pagedaemon:
@@ -66,6 +77,8 @@ class Pagedaemon:
         self.stalled = False
         self.reclaimers: list[Callable[[], int]] = []
         self.inflight: set[int] = set()  # swap slots being written (pages busy)
+        self.write_errors = 0  # swap writes failed in a row (logged once per streak)
+        self._scan_write_failed = False
         self.idle_cv = threading.Condition(k.lock)  # notified when the daemon goes to sleep
         self.thread_args = (k.lock, self.cv, self.ctl)
         self.thread = threading.Thread(target=_main, args=(weakref.ref(self), k.lock, self.cv, self.idle_cv, self.ctl),
@@ -195,12 +208,12 @@ class Pagedaemon:
         (lock held)."""
         k = self.k
         self.ctl.wanted = False
+        self.ctl.retry = None
         k.uvmexp.pdwoke += 1
         if self.shortage() > 0:
-            self.reclaim()
+            self.reclaim()  # wakes the waiters if it freed anything
         else:
             swapper.scheduler(k)
-        k.mem_cv.notify_all()
 
     def reclaim(self, direct: bool = False) -> int:
         """One scan, by the daemon or — `direct` reclaim — by a thread that
@@ -213,6 +226,7 @@ class Pagedaemon:
             k.uvmexp.directreclaims += 1
         self.scanning = True
         self.state = "scanning"
+        self._scan_write_failed = False
         # Progress is what this scan freed, not the change in resident
         # memory: waiters allocate while it writes.
         before = k.uvmexp.pdfreed
@@ -225,6 +239,9 @@ class Pagedaemon:
             self.scanning = False
             self.state = "sleeping"
         self.stalled = freed == 0 and self.shortage() > 0
+        if self.stalled and self._scan_write_failed:  # retry later: swap may recover
+            self.ctl.retry = max(0.01, min(PAGEOUT_RETRY, k.oom_timeout / 4))
+            self.cv.notify()  # a sleeping daemon re-arms its wait with the timer
         if freed:
             k.mem_cv.notify_all()
         return freed
@@ -358,7 +375,13 @@ class Pagedaemon:
             else:
                 self._finish(page, obj, first + n)
         if err is not None:
-            log.error("swap write failed: %s", err)
+            self._scan_write_failed = True
+            self.write_errors += 1
+            if self.write_errors == 1:
+                log.error("swap write failed: %s (pages kept dirty in memory)", err)
+        elif self.write_errors:
+            log.warning("swap writes work again after %d failed", self.write_errors)
+            self.write_errors = 0
 
     def _finish(self, page: VMPage, obj: VMObject, slot: int | None) -> None:
         """End a page's pageout: with a slot, the page is clean on swap and
@@ -394,11 +417,12 @@ class Pagedaemon:
 class _Control:
     """What the thread needs while it sleeps, without the kernel."""
 
-    __slots__ = ("wanted", "stopping")
+    __slots__ = ("wanted", "stopping", "retry")
 
     def __init__(self) -> None:
         self.wanted = False
         self.stopping = False
+        self.retry: float | None = None  # seconds until a failed scan is retried
 
 
 def _main(ref: weakref.ref[Pagedaemon], lock: Any, cv: threading.Condition,
@@ -409,7 +433,8 @@ def _main(ref: weakref.ref[Pagedaemon], lock: Any, cv: threading.Condition,
         while not ctl.stopping:
             if not ctl.wanted:
                 idle_cv.notify_all()
-                cv.wait()
+                if not cv.wait(ctl.retry) and ctl.retry is not None and not ctl.stopping:
+                    ctl.wanted = True  # timed out: retry the scan whose writes failed
                 continue
             pd = ref()
             if pd is None:

@@ -124,7 +124,9 @@ class PhysMem:
 
 
 def in_pagedaemon(k: Kernel) -> bool:
-    return threading.current_thread() is k.pagedaemon.thread
+    """Whether the caller is the pagedaemon thread (it may use the reserve
+    and must never wait for memory)."""
+    return threading.get_ident() == k.pagedaemon.thread.ident
 
 
 def page_alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None = None) -> VMPage | None:

@@ -53,7 +53,7 @@ from .errors import OutOfMemory, VMError, einval
 from .fault import vm_fault
 from .inspect import MapEntry, ProcStatus, SmapsInfo, entry_record, peek_map, smaps_record
 from .map import SGROWSIZ, STACK_NAME, VMMap, VMMapEntry, stack_range_free
-from .physmem import Reservation, pool_prime, reserve, reserve_more
+from .physmem import Reservation, pool_prime, pool_room, reserve, reserve_more
 from .uio import check_access, vm_read, vm_readinto, vm_write
 from .vmspace import Vmspace, vmspace_alloc, vmspace_fork, vmspace_free
 
@@ -187,6 +187,17 @@ class Proc:
             self._check_alive()
             self.limits[r] = resource.check_new_limit(self.limits[r], soft, hard)
 
+    def _primed(self, entries: int, objects: int = 0) -> Vmspace:
+        """The live, swapped-in address space with the pools primed for
+        `entries`/`objects` more items and nothing asleep in between: both
+        the swap-in and the priming may sleep, and a swap-in uses pool
+        items itself (lock held)."""
+        while True:
+            self._live()
+            pool_prime(self.kernel, entries, objects)
+            if not self.swapped:
+                return self._live()
+
     def _check_alive(self) -> None:
         """ESRCH for an exited process, without swapping it in (lock held)."""
         self.kernel.check_open()
@@ -227,8 +238,7 @@ class Proc:
                 raise einval(f"offset {off:#x}+{size:#x} beyond the object's {obj.size << PAGE_SHIFT:#x} bytes")
         k = self.kernel
         with k.gate:
-            pool_prime(k, entries=3, objects=3)
-            vmap = self._live()  # after priming, which may sleep
+            vmap = self._primed(entries=3, objects=3)
             self._check_size_limits(vmap, size, f, p, maxp, a)
             if f & MAP_FIXED:
                 start = a
@@ -277,16 +287,14 @@ class Proc:
     def munmap(self, addr: int, length: int) -> None:
         start, end = _range(addr, length)
         with self.kernel.gate:
-            pool_prime(self.kernel, entries=2, objects=2)  # clipping both ends
-            vmap = self._live()  # after priming, which may sleep
+            vmap = self._primed(entries=2, objects=2)  # clipping both ends
             vmap.delete(start, end)
 
     def mprotect(self, addr: int, length: int, prot: int) -> None:
         start, end = _range(addr, length)
         p, maxp = _prot(prot)
         with self.kernel.gate:
-            pool_prime(self.kernel, entries=2, objects=2)
-            vmap = self._live()  # after priming, which may sleep
+            vmap = self._primed(entries=2, objects=2)
             if maxp is not None:
                 vmap.protect(start, end, maxp, set_max=True)
             vmap.protect(start, end, p, set_max=False)
@@ -297,8 +305,7 @@ class Proc:
         if inh not in INHERIT_VALID:
             raise einval(f"bad inheritance {inh}")
         with self.kernel.gate:
-            pool_prime(self.kernel, entries=2, objects=2)
-            vmap = self._live()  # after priming, which may sleep
+            vmap = self._primed(entries=2, objects=2)
             vmap.set_inheritance(start, end, inh)
 
     def madvise(self, addr: int, length: int, advice: int) -> None:
@@ -308,8 +315,7 @@ class Proc:
         if adv not in MADV_VALID:
             raise einval(f"bad advice {adv}")
         with self.kernel.gate:
-            pool_prime(self.kernel, entries=2, objects=2)
-            vmap = self._live()  # after priming, which may sleep
+            vmap = self._primed(entries=2, objects=2)
             vmap.madvise(start, end, adv)
 
     def mlock(self, addr: int, length: int) -> None:
@@ -336,8 +342,7 @@ class Proc:
                     sum(e.end - e.start for e in vmap.entries() if e.wired_count) + new_pages * PAGE_SIZE > memlock):
                 raise VMError(errno.ENOMEM, f"mlock of {new_pages} pages exceeds RLIMIT_MEMLOCK ({memlock} bytes)")
             with reserve(k, self._wire_frames(ents, start, end)) as resv:
-                pool_prime(k, entries=2, objects=2 + 2 * len(ents))
-                vmap = self._live()  # after priming, which may sleep
+                vmap = self._primed(entries=2, objects=2 + 2 * len(ents))
                 vmap.wire(start, end, resv)
 
     @staticmethod
@@ -365,8 +370,7 @@ class Proc:
         with k.gate:
             vmap = self._live()
             vmap.require_mapped(start, end)
-            pool_prime(k, entries=2, objects=2)
-            vmap = self._live()  # after priming, which may sleep
+            vmap = self._primed(entries=2, objects=2)
             vmap.unwire(start, end)
 
     def msync(self, addr: int, length: int, flags: int = MS_SYNC) -> None:
@@ -459,9 +463,14 @@ class Proc:
         if a < 0:
             raise einval("negative address")
         with self.kernel.gate:
-            vmap = self._live()
-            if len(src):
-                vm_write(self.kernel, vmap, a, src)
+            try:
+                vmap = self._live()
+                if len(src):
+                    vm_write(self.kernel, vmap, a, src)
+            except OutOfMemory as e:
+                if e.written is None:  # ran out before the first byte (a swap-in)
+                    e.written = 0
+                raise
 
     def peek(self, addr: int, length: int) -> bytes:
         """Side-effect-free read for debuggers and /vm (see inspection API)."""
@@ -531,8 +540,7 @@ class Proc:
             _range(a, n)
         k = self.kernel
         with k.gate:
-            pool_prime(k, entries=1)
-            vmap = self._live()  # after priming, which may sleep
+            vmap = self._primed(entries=1)
             if init > self.limits[resource.RLIMIT_STACK][0]:
                 raise VMError(errno.ENOMEM, f"stack of {init} bytes exceeds RLIMIT_STACK")
             if a:
@@ -584,8 +592,7 @@ class Proc:
             check_access(vmap, start, end - start, pr if pr & PROT_WRITE else PROT_READ)
             ents = vmap.require_mapped(start, end)
             with reserve(k, self._wire_frames(ents, start, end)) as resv:
-                pool_prime(k, entries=2, objects=2 + 2 * len(ents))
-                vmap = self._live()
+                vmap = self._primed(entries=2, objects=2 + 2 * len(ents))
                 vmap.wire(start, end, resv)
 
     def vsunlock(self, addr: int, length: int) -> None:
@@ -665,7 +672,7 @@ def uarea_free(k: Kernel, addr: int) -> None:
 def drain_uareas(k: Kernel) -> int:
     """Free the cached u-areas (a pagedaemon reclaimer); returns pages freed."""
     freed = 0
-    while k.uarea_cache:
+    while k.uarea_cache and pool_room(k, entries=2):  # deleting may clip merged entries
         addr = k.uarea_cache.pop()
         k.kmem_map.delete(addr, addr + USPACE)
         freed += USPACE >> PAGE_SHIFT
@@ -693,8 +700,7 @@ def _fork_vmspace(k: Kernel, parent: Proc, resv: Reservation) -> Vmspace:
     while True:
         reserve_more(k, resv, wired_pages(parent._live()))
         n = parent._live().tree.count
-        pool_prime(k, entries=n + 1, objects=n + 1)
-        vmap = parent._live()
+        vmap = parent._primed(entries=n + 1, objects=n + 1)
         if len(resv.frames) >= wired_pages(vmap) and vmap.tree.count <= n:
             return vmspace_fork(k, vmap, parent.name, resv)
 

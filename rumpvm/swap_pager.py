@@ -80,10 +80,15 @@ class SwapPager:
 
     def read_run(self, first: int, addrs: Sequence[int]) -> list[bool]:
         """Read consecutive slots into the pages at `addrs` (one preadv);
-        returns, per page, whether it passed its checksum."""
+        returns, per page, whether it passed its checksum.  If a run of
+        several fails, the first page is read alone and the others count as
+        bad: a read-ahead slot that cannot be read (past the end of a
+        truncated file) must not make the page that was asked for fail."""
         try:
             self.file.read_pages(first * PAGE_SIZE, addrs)
         except OSError as e:
+            if len(addrs) > 1:
+                return self.read_run(first, addrs[:1]) + [False] * (len(addrs) - 1)
             raise VMError(errno.EIO, f"swap read at slot {first}: {e.strerror or e}") from None
         return [hypercall.checksum(a) == self.sums[first + i] for i, a in enumerate(addrs)]
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from .constants import PAGE_SHIFT, USPACE
 from .errors import OutOfMemory
 from .page import INACTIVE
+from .physmem import pool_room
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -42,7 +43,10 @@ def swappable(p: Proc) -> bool:
 
 def swapout(k: Kernel, p: Proc) -> int:
     """uvm_swapout: unwire the u-area and deactivate the process's private
-    anonymous pages.  Returns the pages made pageable or deactivated."""
+    anonymous pages.  Returns the pages made pageable or deactivated; 0
+    when not even the map entries to clip the u-area out can be had."""
+    if not pool_room(k, entries=2):
+        return 0
     k.kmem_map.unwire(p.uarea, p.uarea + USPACE)
     p.swapped = True
     p.swapped_at = time.monotonic()

@@ -160,6 +160,41 @@ def test_bug_madv_free_after_child_exit_is_a_noop():
         k.check()
 
 
+def test_bug_mlock_out_of_memory_changes_the_map():
+    """mlock of copy-on-write memory whose pages are on swap reserves one
+    frame per page, but wiring needs two (the page-in into the backing
+    object and the copy into a new shadow).  With swap full it runs out
+    part-way: OutOfMemory, yet the entry now maps a new shadow object
+    holding copies and is no longer needs-copy (README: mlock reserves
+    first, so it gets all it needs or fails before touching anything)."""
+    n = 8
+    with rumpvm.Kernel(memlimit="320K", swap="160K", oom_timeout=0.3) as k:
+        p = k.spawn()
+        a = p.mmap(n * P)
+        for i in range(n):
+            p.write(a + i * P, bytes([65 + i]) * P)
+        p.fork()  # a is copy-on-write now
+        hold = p.mmap(n * P)
+        for i in range(n):
+            p.write(hold + i * P, b"h")
+        p.mlock(hold, n * P)  # n frames kept back, given back below
+        fill = p.mmap(200 * P)
+        with pytest.raises(rumpvm.OutOfMemory):
+            for i in range(200):  # memory and swap full; a's pages on swap
+                p.write(fill + i * P, b"f")
+        assert k.pagedaemon.wait_idle(30)
+        p.munlock(hold, n * P)
+        p.munmap(hold, n * P)  # n free frames: enough for the reservation
+        before = (p.maps(), [(o.id, o.refs) for o in k.objects() if o.type != "kernel"])
+        try:
+            p.mlock(a, n * P)
+        except rumpvm.VMError:
+            after = (p.maps(), [(o.id, o.refs) for o in k.objects() if o.type != "kernel"])
+            assert after == before, "a failed mlock changed the map"
+        assert [p.read(a + i * P, 1) for i in range(n)] == [bytes([65 + i]) for i in range(n)]
+        k.check()
+
+
 _HUGE_PEEK = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (256 << 20, 256 << 20))
@@ -314,7 +349,7 @@ class AdversaryMachine(RuleBasedStateMachine):
         except rumpvm.OutOfMemory as e:
             self.oom_ok(e, what)
             if self.last_write is None:
-                assert self.observe() == before, f"{what} failed ({e!r}) but changed maps or objects"
+                self.unchanged(before, f"{what} failed ({e!r})")
             assert snap is not None
             self.m = snap[0]
             self.procs = [(p, sp) for (p, _), sp in zip(self.procs, snap[1])]
@@ -326,12 +361,12 @@ class AdversaryMachine(RuleBasedStateMachine):
             assert isinstance(exp_exc, ModelSegv), f"{what}: kernel {e!r}, model {exp_exc!r}"
             assert (e.addr, e.access, e.code) == (exp_exc.addr, exp_exc.access, exp_exc.code), \
                 f"{what}: kernel {e!r}, model {exp_exc}"
-            assert self.observe() == before, f"{what} failed ({e!r}) but changed maps or objects"
+            self.unchanged(before, f"{what} failed ({e!r})")
             return None
         except rumpvm.VMError as e:
             assert isinstance(exp_exc, ModelError), f"{what}: kernel {e!r}, model {exp_exc!r}"
             assert e.errno == exp_exc.errno, f"{what}: kernel {e!r}, model {exp_exc}"
-            assert self.observe() == before, f"{what} failed ({e!r}) but changed maps or objects"
+            self.unchanged(before, f"{what} failed ({e!r})")
             return None
         assert exp_exc is None, f"{what}: kernel succeeded ({got!r}), model expected {exp_exc}"
         return got, expected
@@ -343,6 +378,15 @@ class AdversaryMachine(RuleBasedStateMachine):
         return ([p.maps() for p, _ in self.procs],
                 sorted((o.id, o.refs, o.shadow, o.backing_offset, o.size) for o in self.k.objects()
                        if o.type != "kernel"))  # the pagedaemon frees cached u-areas at any time
+
+    def unchanged(self, before, what: str) -> None:
+        after = self.observe()
+        if after != before:
+            (bm, bo), (am, ao) = before, after
+            diff = [f"p{p.pid}: {x} -> {y}" for (p, _), xs, ys in zip(self.procs, bm, am) if xs != ys
+                    for x, y in [(sorted(set(xs) - set(ys), key=str), sorted(set(ys) - set(xs), key=str))]]
+            diff += [f"objects: {sorted(set(bo) - set(ao))} -> {sorted(set(ao) - set(bo))}"] if ao != bo else []
+            raise AssertionError(f"{what} changed maps or objects: " + "; ".join(diff))
 
     def oom_ok(self, e: rumpvm.OutOfMemory, what: str) -> None:
         """OutOfMemory is the right answer only when memory really ran out:
@@ -601,7 +645,7 @@ class AdversaryMachine(RuleBasedStateMachine):
         try:
             c = p.fork()
         except rumpvm.OutOfMemory as e:
-            assert self.observe() == before, "a failed fork changed maps or objects"
+            self.unchanged(before, "a failed fork")
             return self.oom_ok(e, "fork")
         self.procs.append((c, self.m.fork(sp)))
 
@@ -615,7 +659,7 @@ class AdversaryMachine(RuleBasedStateMachine):
         try:
             c = p.fork(shared=True)
         except rumpvm.OutOfMemory as e:
-            assert self.observe() == before, "a failed fork(shared=True) changed maps or objects"
+            self.unchanged(before, "a failed fork(shared=True)")
             return self.oom_ok(e, "fork(shared=True)")
         self.procs.append((c, sp))
 
@@ -626,7 +670,7 @@ class AdversaryMachine(RuleBasedStateMachine):
         try:
             p.unshare()
         except rumpvm.OutOfMemory as e:
-            assert self.observe() == before, "a failed unshare changed maps or objects"
+            self.unchanged(before, "a failed unshare")
             return self.oom_ok(e, "unshare")
         if sum(s is sp for _, s in self.procs) > 1:
             j = next(j for j, (q, _) in enumerate(self.procs) if q is p)
@@ -639,7 +683,7 @@ class AdversaryMachine(RuleBasedStateMachine):
         try:
             p.exec()
         except rumpvm.OutOfMemory as e:
-            assert self.observe() == before, "a failed exec changed maps or objects"
+            self.unchanged(before, "a failed exec")
             return self.oom_ok(e, "exec")
         j = next(j for j, (q, _) in enumerate(self.procs) if q is p)
         self.procs[j] = (p, Space(reserved=[(e.start, e.end) for e in p.maps()]))
