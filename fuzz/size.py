@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import sys
 
 import atheris
@@ -30,7 +31,7 @@ with atheris.instrument_imports(include=["rumpvm.param"]):
     from rumpvm.param import MAX_SIZE, format_size, parse_limit, parse_size
     from rumpvm.physmem import MIN_LIMIT
 
-from fuzz._common import pick, run, tokens
+from fuzz._common import STRICT, pick, run, tokens
 
 VOCAB = ["0", "1", "4", "7", "9", "64", "288", "300", "4096", "00", "-", "+", " ", "\t", "\n", "\x0b", "\u00a0",
          "\u2003", "k", "K", "m", "M", "g", "G", "t", "T", "p", "b", "B", "KB", "kib", "x", "0x", "e", ".", "_",
@@ -77,11 +78,41 @@ def _check_parsers(v: object) -> object:
     return result
 
 
-def _check_kernel(v: object, expect: object) -> None:
-    """Kernel(memlimit=v), and the setter on a running kernel."""
+def _check_env_bytes(raw: bytes) -> None:
+    """RUMP_MEMLIMIT holding arbitrary bytes (no NUL): a limit, or
+    VMError(EINVAL) when it is not one."""
+    os.environb[b"RUMP_MEMLIMIT"] = raw
+    try:
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            text = None
+        with rumpvm.Kernel(oom_timeout=0.05) as k:
+            assert text is not None and k.memlimit == parse_limit(text), (raw, k.memlimit)
+    except rumpvm.VMError as e:
+        assert e.errno in (errno.EINVAL, errno.ENOMEM), (raw, e)
+    except UnicodeDecodeError:
+        # Known bug (tests/test_fuzz_parsers.py::test_bug_rump_memlimit_not_utf8): hypercall.getparam
+        # decodes the environment as UTF-8 and the error escapes Kernel().
+        if STRICT:
+            raise
+    finally:
+        del os.environb[b"RUMP_MEMLIMIT"]
+
+
+def _check_kernel(v: object, expect: object, env: bool) -> None:
+    """Kernel(memlimit=v) (or RUMP_MEMLIMIT=v with `env`), and the setter
+    on a running kernel."""
     ok_limit = not isinstance(expect, BaseException) and (expect is None or expect >= MIN_LIMIT)  # type: ignore
     try:
-        k = rumpvm.Kernel(memlimit=v, oom_timeout=0.05)  # type: ignore[arg-type]
+        if env:
+            os.environ["RUMP_MEMLIMIT"] = v  # type: ignore[assignment]
+            try:
+                k = rumpvm.Kernel(oom_timeout=0.05)
+            finally:
+                del os.environ["RUMP_MEMLIMIT"]
+        else:
+            k = rumpvm.Kernel(memlimit=v, oom_timeout=0.05)  # type: ignore[arg-type]
     except rumpvm.VMError as e:
         assert not ok_limit or e.errno == errno.ENOMEM, (v, expect, e)
     except TypeError:
@@ -107,11 +138,19 @@ def _check_kernel(v: object, expect: object) -> None:
 
 def test_one_input(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
+    if fdp.ConsumeIntInRange(0, 15) == 0:
+        raw = fdp.ConsumeBytes(fdp.ConsumeIntInRange(1, 12)).replace(b"\x00", b"")
+        if raw:
+            _check_env_bytes(raw)
+        return
     v = _value(fdp)
     expect = _check_parsers(v)
     _count[0] += 1
     if _count[0] % KERNEL_EVERY == 0 or (not isinstance(expect, BaseException) and fdp.ConsumeBool()):
-        _check_kernel(v, expect)
+        # The environment takes non-empty strings without NUL (an empty
+        # RUMP_MEMLIMIT is "unset" for some C libraries: leave it out).
+        env = isinstance(v, str) and v != "" and "\x00" not in v and fdp.ConsumeBool()
+        _check_kernel(v, expect, env)
 
 
 def main() -> None:

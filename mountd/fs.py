@@ -24,7 +24,8 @@ Invariants:
   file read in one go.
 - Permissions: dirs 0555, text 0444, control 0644, memory 0600, owned by the
   mounting user.  The kernel checks them (`default_permissions`), but root
-  bypasses mode bits, so `open` and `setattr` enforce read-only-ness again.
+  bypasses mode bits, so `open` (write modes and O_TRUNC) and `setattr`
+  enforce read-only-ness again.
 
 Concurrency: the handlers run as trio tasks in the server thread, so a
 kernel call that blocks the trio thread stalls every other request.  Two
@@ -293,7 +294,9 @@ class VMFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if mode is Mode.LINK:
             raise pyfuse3.FUSEError(errno.ELOOP)
-        writing = flags & os.O_ACCMODE != os.O_RDONLY
+        # O_TRUNC writes too: with atomic_o_trunc the kernel passes it here
+        # instead of calling setattr, and root passes the mode check.
+        writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
         if mode is Mode.TEXT and writing:
             raise pyfuse3.FUSEError(errno.EACCES)
         opened = _OpenFile(node)

@@ -114,7 +114,7 @@ def _fault(k: Kernel, vmap: VMMap, va: int, access: int, wire: bool,
             raise _Retry
         raise SegmentationFault(va, access, "SEGV_MAPERR")
     need = access if access & PROT_WRITE else PROT_READ
-    if e.prot & need != need:
+    if e.prot & need != need and (vmap.user or not wire):  # the kernel wires its own pages regardless
         raise SegmentationFault(va, access, "SEGV_ACCERR")
     # A wired page must be the one the entry will keep mapping: resolve
     # copy-on-write now wherever the entry could ever be written, so a later
@@ -147,8 +147,9 @@ def _fault(k: Kernel, vmap: VMMap, va: int, access: int, wire: bool,
         return None
     top = e.obj
     vpn = va >> PAGE_SHIFT
-    writable = bool(e.prot & PROT_WRITE) and not e.needs_copy and page.obj is top
-    vmap.pmap.enter(vpn, page, writable)
+    if e.prot & PROT_READ:  # a write-only entry gets no translation: each write faults
+        writable = bool(e.prot & PROT_WRITE) and not e.needs_copy and page.obj is top
+        vmap.pmap.enter(vpn, page, writable)
     page.referenced = True
     if wire and vmap.wired.get(vpn) is not page:
         old = vmap.wired.pop(vpn, None)

@@ -467,8 +467,8 @@ class Kernel:
             raise TypeError("offset must be int")
         try:
             src = memoryview(data).cast("B")
-        except TypeError:
-            raise TypeError(f"data must be a C-contiguous bytes-like object, not {type(data).__name__}") from None
+        except (TypeError, ValueError):  # not a buffer, not contiguous, released or closed
+            raise TypeError(f"data must be a live C-contiguous bytes-like object, not {type(data).__name__}") from None
         if offset < 0:
             raise einval("negative offset")
         with self.gate:

@@ -347,8 +347,9 @@ class Proc:
 
     @staticmethod
     def _wire_frames(ents: list[VMMapEntry], start: int, end: int) -> int:
-        """Frames wiring [start, end) will allocate: a page for each address
-        whose page is not already resident where the wiring will keep it."""
+        """Frames wiring [start, end) will allocate: per address, one for a
+        page-in or a zero-fill, and one more for the copy-on-write copy when
+        the page the wiring keeps is not the one found."""
         need = 0
         for e in ents:
             if e.wired_count:
@@ -359,9 +360,12 @@ class Proc:
                 continue
             copy = bool(e.max_prot & PROT_WRITE)
             for va in range(s, t, PAGE_SIZE):
-                _, _, page, _ = vm_object.lookup(e.obj, e.pindex(va))
-                if page is None or (copy and (e.needs_copy or page.obj is not e.obj)):
-                    need += 1
+                o, _, page, slot = vm_object.lookup(e.obj, e.pindex(va))
+                if page is None and slot is None:
+                    need += 1  # zero-fill into the top object
+                    continue
+                need += page is None  # page-in
+                need += copy and (e.needs_copy or o is not e.obj)  # COW copy-up
         return need
 
     def munlock(self, addr: int, length: int) -> None:
@@ -414,8 +418,8 @@ class Proc:
         a = _int("addr", addr)
         try:
             dst = memoryview(buffer).cast("B")
-        except TypeError:
-            raise TypeError(f"buffer must be a writable C-contiguous buffer, not {type(buffer).__name__}") from None
+        except (TypeError, ValueError):  # not a buffer, not contiguous, released or closed
+            raise TypeError(f"buffer must be a live writable contiguous buffer, not {type(buffer).__name__}") from None
         if dst.readonly:
             raise TypeError("buffer is read-only")
         n = len(dst)
@@ -458,8 +462,8 @@ class Proc:
         a = _int("addr", addr)
         try:
             src = memoryview(data).cast("B")
-        except TypeError:
-            raise TypeError(f"data must be a C-contiguous bytes-like object, not {type(data).__name__}") from None
+        except (TypeError, ValueError):  # not a buffer, not contiguous, released or closed
+            raise TypeError(f"data must be a live C-contiguous bytes-like object, not {type(data).__name__}") from None
         if a < 0:
             raise einval("negative address")
         with self.kernel.gate:
@@ -586,6 +590,8 @@ class Proc:
         start, end = _range(addr & ~PAGE_MASK if isinstance(addr, int) and not isinstance(addr, bool) else addr,
                             length)
         pr = _int("prot", prot)
+        if pr < 0 or pr & ~PROT_ALL:
+            raise einval(f"bad protection {pr:#x}")
         k = self.kernel
         with k.gate:
             vmap = self._live()
