@@ -195,6 +195,7 @@ class Kernel:
         self._next_pid = 1
         self.wired_user_pages = 0
         self._wired_limit = wired
+        self._limit_changing = False  # a memlimit change is running (they are serialised)
         self.closed = False
         self.mounts: list[Any] = []
         self.pooltab = {name: Pool(name, size, self.physmem)
@@ -281,26 +282,48 @@ class Kernel:
         """Change the limit live.  Lowering it wakes the pagedaemon and waits
         (up to oom_timeout) until resident memory is under the new limit; if
         that cannot happen (wired memory, no swap) the old limit is restored
-        and VMError(ENOMEM) raised."""
+        and VMError(ENOMEM) raised.  Changes are serialised: a second one
+        waits (within its own oom_timeout) for the first to finish, so a
+        failing change never restores a limit another one set for a while."""
         limit = _parse_memlimit(value)
         with self.gate:
-            old = self.physmem.limit
-            if limit is not None and limit < self.unfreeable():
-                raise VMError(errno.ENOMEM, f"memory limit {limit} is below the {self.unfreeable()} bytes"
-                                            " that cannot be freed (wired, kernel memory, or no swap)")
-            self._set_limit(old, limit)
-            if limit is None:
-                return
             deadline = time.monotonic() + self.oom_timeout
+            while self._limit_changing:
+                self._sleep_until(deadline, f"memory limit {limit}: another limit change did not finish")
+            self._limit_changing = True
+            try:
+                self._change_limit(limit, deadline)
+            finally:
+                self._limit_changing = False
+                self.mem_cv.notify_all()
+
+    def _change_limit(self, limit: int | None, deadline: float) -> None:
+        """The body of the memlimit setter (lock held, the only change running)."""
+        old = self.physmem.limit
+        if limit is not None and limit < self.unfreeable():
+            raise VMError(errno.ENOMEM, f"memory limit {limit} is below the {self.unfreeable()} bytes"
+                                        " that cannot be freed (wired, kernel memory, or no swap)")
+        self._set_limit(old, limit)
+        if limit is None:
+            return
+        try:
             while self.physmem.resident > limit:
-                now = time.monotonic()
-                if now >= deadline or self.closed:
-                    self._set_limit(limit, old)
-                    raise VMError(errno.ESHUTDOWN if self.closed else errno.ENOMEM,
-                                  f"memory limit {limit}: resident memory could not be brought under it")
                 self.pagedaemon.wake()
-                self.lockdrops += 1
-                self.mem_cv.wait(deadline - now)
+                self._sleep_until(deadline, f"memory limit {limit}: resident memory could not be brought under it")
+        except VMError:
+            self._set_limit(limit, old)
+            raise
+
+    def _sleep_until(self, deadline: float, why: str) -> None:
+        """Sleep on mem_cv (lock held); ENOMEM past `deadline`, ESHUTDOWN
+        once closed."""
+        self.check_open()
+        now = time.monotonic()
+        if now >= deadline:
+            raise VMError(errno.ENOMEM, why)
+        self.lockdrops += 1
+        self.mem_cv.wait(deadline - now)
+        self.check_open()
 
     def _set_limit(self, old: int | None, new: int | None) -> None:
         """Install a limit and rescale the pagedaemon's knobs (lock held)."""

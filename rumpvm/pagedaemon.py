@@ -213,7 +213,10 @@ class Pagedaemon:
         if self.shortage() > 0:
             self.reclaim()  # wakes the waiters if it freed anything
         else:
-            swapper.scheduler(k)
+            try:
+                swapper.scheduler(k)
+            except Exception:  # a daemon that dies would hang every waiter
+                log.exception("swapper scheduler failed")
 
     def reclaim(self, direct: bool = False) -> int:
         """One scan, by the daemon or — `direct` reclaim — by a thread that

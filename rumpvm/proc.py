@@ -239,6 +239,8 @@ class Proc:
         k = self.kernel
         with k.gate:
             vmap = self._primed(entries=3, objects=3)
+            if obj is not None and obj.dead:  # its last reference went while we slept
+                raise VMError(errno.EBADF, f"object {obj.id} is gone")
             self._check_size_limits(vmap, size, f, p, maxp, a)
             if f & MAP_FIXED:
                 start = a
@@ -326,24 +328,30 @@ class Proc:
         start, end = _range(addr, length)
         k = self.kernel
         with k.gate:
-            vmap = self._live()
-            ents = vmap.require_mapped(start, end)
-            if any(not e.prot & PROT_READ for e in ents):
-                raise VMError(errno.ENOMEM, "cannot wire pages without access")
-            new_pages = sum((min(end, e.end) - max(start, e.start)) >> PAGE_SHIFT
-                            for e in ents if not e.wired_count)
-            if k.wired_limit is not None and (k.wired_user_pages + new_pages) * PAGE_SIZE > k.wired_limit:
-                raise VMError(errno.ENOMEM, f"mlock of {new_pages} pages exceeds the wired limit"
-                                            f" ({k.wired_limit} bytes)")
-            memlock = self.limits[resource.RLIMIT_MEMLOCK][0]
-            if memlock == 0:
-                raise VMError(errno.EPERM, "RLIMIT_MEMLOCK is 0")
-            if memlock != resource.RLIM_INFINITY and (
-                    sum(e.end - e.start for e in vmap.entries() if e.wired_count) + new_pages * PAGE_SIZE > memlock):
-                raise VMError(errno.ENOMEM, f"mlock of {new_pages} pages exceeds RLIMIT_MEMLOCK ({memlock} bytes)")
+            ents = self._check_wiring(self._live(), start, end)
             with reserve(k, self._wire_frames(ents, start, end)) as resv:
                 vmap = self._primed(entries=2, objects=2 + 2 * len(ents))
+                self._check_wiring(vmap, start, end)  # again: the reservation may have slept
                 vmap.wire(start, end, resv)
+
+    def _check_wiring(self, vmap: VMMap, start: int, end: int) -> list[VMMapEntry]:
+        """The entries of [start, end) if mlock may wire them: mapped,
+        readable, within the kernel's wired limit and RLIMIT_MEMLOCK
+        (ENOMEM; EPERM when that is 0).  Lock held."""
+        k = self.kernel
+        ents = vmap.require_mapped(start, end)
+        if any(not e.prot & PROT_READ for e in ents):
+            raise VMError(errno.ENOMEM, "cannot wire pages without access")
+        new_pages = sum((min(end, e.end) - max(start, e.start)) >> PAGE_SHIFT for e in ents if not e.wired_count)
+        if k.wired_limit is not None and (k.wired_user_pages + new_pages) * PAGE_SIZE > k.wired_limit:
+            raise VMError(errno.ENOMEM, f"mlock of {new_pages} pages exceeds the wired limit ({k.wired_limit} bytes)")
+        memlock = self.limits[resource.RLIMIT_MEMLOCK][0]
+        if memlock == 0:
+            raise VMError(errno.EPERM, "RLIMIT_MEMLOCK is 0")
+        if memlock != resource.RLIM_INFINITY and (
+                sum(e.end - e.start for e in vmap.entries() if e.wired_count) + new_pages * PAGE_SIZE > memlock):
+            raise VMError(errno.ENOMEM, f"mlock of {new_pages} pages exceeds RLIMIT_MEMLOCK ({memlock} bytes)")
+        return ents
 
     @staticmethod
     def _wire_frames(ents: list[VMMapEntry], start: int, end: int) -> int:

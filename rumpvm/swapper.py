@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .constants import PAGE_SHIFT, USPACE
-from .errors import OutOfMemory
+from .errors import VMError
 from .page import INACTIVE
 from .physmem import pool_room
 
@@ -71,7 +71,9 @@ def swapin(k: Kernel, p: Proc, nowait: bool = False) -> bool:
     memory.  True if the process is resident again."""
     try:
         k.kmem_map.wire(p.uarea, p.uarea + USPACE, nowait=nowait)
-    except OutOfMemory:
+    except VMError:
+        if not p.alive:  # it exited (its u-area freed) while the swap-in slept
+            return False
         if nowait:
             return False
         raise

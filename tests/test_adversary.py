@@ -3,33 +3,42 @@ and a bounded stateful search over the places `test_model_stateful.py` does
 not go.
 
 Each `test_bug_*` is a minimal deterministic regression test for a bug found
-this way; its docstring says what goes wrong.
+this way; its docstring says what goes wrong.  The races are made
+deterministic by pausing one thread at the API boundary (`_PausingGate`) or
+inside a swap read (a slow disk), never by patching kernel logic.
 
-`TestAdversaryMachine` drives 2-4 processes of one kernel under a memory
+`TestAdversaryMachine` drives 1-4 processes of one kernel under a memory
 limit with swap through random sequences that mix: mlock/munlock with fork
 and mprotect round trips on wired memory, INHERIT_SHARE/INHERIT_NONE mixes,
 MADV_FREE after forks and exits, shared objects written and read both by
 their handle (`k.object_write`/`k.object_peek`) and through mappings, partial
-munmap of objects before and after `detach()`, `k.memlimit` lowered and
-raised mid-sequence, `readinto`/`write` with odd buffers, calls on exited
-processes, objects of another kernel, and garbage arguments (huge, negative,
-wrong types).  After every step `k.check()` must pass and every process's
-maps and bytes, and every held object's bytes, must equal the reference
-model (`model.py`).  At teardown every process exits and every object is
-detached: then the kernel must be back to its boot state (no object but the
-kernel's, no swap slot, resident equal to the boot value once the pools and
-the u-area cache are drained).
+munmap of objects before and after `detach()`, `fork(shared=True)`, `exec`,
+`unshare`, sleeping processes (swapper), `k.memlimit` lowered and raised
+mid-sequence, `readinto`/`write` with odd buffers, calls on exited processes,
+objects of another kernel, and garbage arguments (huge, negative, wrong
+types).  After every step `k.check()` must pass and every process's maps and
+bytes, and every held object's bytes, must equal the reference model
+(`model.py`); a call that fails must leave every map entry (not only every
+page) and every object's references as they were.  At teardown every
+process exits and every object is detached: then the kernel must be back to
+its boot state (no object but the kernel's, no swap slot, resident equal to
+the boot value once the pools and the u-area cache are drained).
+`TestTightAdversaryMachine` runs the same with a swap too small for the
+sequences, so memory runs out (OutOfMemory must change nothing, or be a clean
+short write) and whole processes are swapped out.
 """
-
 from __future__ import annotations
 
 import array
 import copy
-import os
 import errno
+import os
 import random
 import subprocess
 import sys
+import threading
+import time
+from typing import ClassVar
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
@@ -37,7 +46,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import rumpvm
-from rumpvm import resource
 from rumpvm import (
     INHERIT_COPY,
     INHERIT_NONE,
@@ -54,6 +62,7 @@ from rumpvm import (
     PROT_NONE,
     PROT_READ,
     PROT_WRITE,
+    resource,
 )
 
 try:
@@ -195,6 +204,183 @@ def test_bug_mlock_out_of_memory_changes_the_map():
         k.check()
 
 
+def test_bug_concurrent_limit_lowerings_restore_a_stale_limit():
+    """Two threads lower k.memlimit at once (4M -> 1M, then 1M -> 512K) and
+    neither lowering is reached within oom_timeout (the pagedaemon is
+    stopped here, as when paging is slow).  Both fail with ENOMEM, but the
+    second restores "its" old limit, 1M, which the first had set only
+    temporarily: the limit ends at 1M with 2M resident, resident > limit
+    (k.check() fails), and the original 4M is lost."""
+    with rumpvm.Kernel(memlimit="4M", swap="8M", oom_timeout=0.5) as k:
+        p = k.spawn()
+        a = p.mmap(2 << 20)
+        for i in range(0, 2 << 20, P):
+            p.write(a + i, b"x")
+        k.pagedaemon.stop()
+        errs = {}
+
+        def lower(name, value):
+            try:
+                k.memlimit = value
+            except rumpvm.VMError as e:
+                errs[name] = e.errno
+
+        changes = k.stats()["limitchanges"]
+        t1 = threading.Thread(target=lower, args=("first", "1M"))
+        t1.start()
+        deadline = time.monotonic() + 30  # only a hang guard
+        while k.stats()["limitchanges"] == changes:  # the first has set 1M and waits now
+            assert time.monotonic() < deadline and t1.is_alive()
+        t2 = threading.Thread(target=lower, args=("second", "512K"))
+        t2.start()
+        t1.join()
+        t2.join()
+        assert errs == {"first": errno.ENOMEM, "second": errno.ENOMEM}
+        assert k.memlimit == 4 << 20, f"limit {k.memlimit} after two failed lowerings from 4M"
+        k.check()
+
+
+class _PausingGate:
+    """Wraps k.gate so that the thread named `who` enters the kernel only
+    after `go` is set: it makes the interleaving "validated its arguments,
+    then another thread ran a whole call, then took the lock" happen every
+    time instead of now and then."""
+
+    def __init__(self, gate, who: str, go: threading.Event) -> None:
+        self.gate, self.who, self.go = gate, who, go
+
+    def __enter__(self):
+        if threading.current_thread().name == self.who:
+            assert self.go.wait(10)
+        return self.gate.__enter__()
+
+    def __exit__(self, *exc):
+        return self.gate.__exit__(*exc)
+
+
+def test_bug_mmap_of_an_object_racing_its_last_munmap_maps_a_dead_object():
+    """p.mmap(obj=o) checks `o.dead` before it takes the kernel lock.  If
+    another thread unmaps the last mapping of a detached object in between,
+    the object dies and mmap then maps it anyway: k.check() reports an entry
+    mapping a dead object, and p.exit() raises a bare KeyError (only VMError
+    and TypeError may escape).  The mmap should fail with EBADF."""
+    with rumpvm.Kernel() as k:
+        p = k.spawn()
+        o = k.create_object(P)
+        a = p.mmap(P, flags=MAP_SHARED, obj=o)
+        o.detach()  # o lives on through its one mapping
+        go = threading.Event()
+        real, k.gate = k.gate, _PausingGate(k.gate, "mapper", go)
+        got = {}
+
+        def mapper():
+            try:
+                got["r"] = p.mmap(P, flags=MAP_SHARED, obj=o)
+            except Exception as e:  # noqa: BLE001 - recorded and judged below
+                got["r"] = e
+
+        t = threading.Thread(target=mapper, name="mapper")
+        t.start()
+        time.sleep(0.1)  # the mapper has checked o and waits at the gate
+        p.munmap(a, P)  # the last mapping goes: o dies
+        assert o.dead
+        go.set()
+        t.join(10)
+        k.gate = real
+        r = got["r"]
+        assert isinstance(r, rumpvm.VMError) and r.errno == errno.EBADF, f"mmap of a dead object: {r!r}"
+        k.check()
+        p.exit()
+
+
+def test_bug_mlock_checks_the_wired_limit_before_it_sleeps():
+    """mlock checks the wired limit, then reserves frames, which may sleep
+    for memory with the lock dropped; it never checks again.  A second
+    mlock that runs meanwhile passes the same check, so both wire: 28 pages
+    wired under a wired limit of 26 (README: mlock beyond the wired limit is
+    ENOMEM)."""
+    with rumpvm.Kernel(memlimit="320K", oom_timeout=1) as k:
+        limit = k.wired_limit // P  # 26 pages
+        p = k.spawn()
+        x = p.mmap(10 * P)  # untouched: wiring it needs 10 new frames
+        y = p.mmap((limit - 8) * P)  # written: wiring it needs none
+        for i in range(limit - 8):
+            p.write(y + i * P, b"y")
+        fill = p.mmap(200 * P)
+        with pytest.raises(rumpvm.OutOfMemory):
+            for i in range(200):  # no swap: memory is full now
+                p.write(fill + i * P, b"f")
+        got = {}
+
+        def first():
+            try:
+                p.mlock(x, 10 * P)  # passes the check, then sleeps for frames
+                got["first"] = None
+            except rumpvm.VMError as e:
+                got["first"] = e
+
+        t = threading.Thread(target=first)
+        t.start()
+        time.sleep(0.3)
+        p.mlock(y, (limit - 8) * P)  # fits the limit alone: wires at once
+        p.munmap(fill, 40 * P)  # memory for the sleeper
+        t.join(10)
+        wired = sum(e.end - e.start for e in p.maps() if e.wired) // P
+        assert wired <= limit, f"{wired} pages wired under a wired limit of {limit} (first mlock: {got})"
+        k.check()
+
+
+def test_bug_swapin_racing_exit_faults_on_a_kernel_address():
+    """A swapped-out process whose u-area is on swap is woken (swap-in pages
+    the u-area in, the lock dropped for the read) while another thread
+    makes it exit: exit frees the u-area, and the swap-in's retried fault
+    finds nothing there and raises SegmentationFault at a kernel address
+    (0xffff8000...) out of p.wake() instead of ESRCH.  The pagedaemon's
+    scheduler runs the same swap-in: the random thread search saw that
+    SegmentationFault escape from the pagedaemon thread, which then dies
+    (nothing is paged any more).  The swap read is made slow here (as a
+    busy disk) so that the exit always lands inside it."""
+    with rumpvm.Kernel(memlimit="320K", swap="4M", oom_timeout=2) as k:
+        k.maxslp = 0  # sleepers are swapped out at the first shortage
+        p, q = k.spawn(), k.spawn()
+        p.sleep()
+        fill = q.mmap(300 * P)
+        for i in range(300):
+            q.write(fill + i * P, b"f")
+        assert k.pagedaemon.wait_idle(30)
+        assert p.state == "W"
+        assert next(o for o in k.objects() if o.type == "kernel").swapped, "p's u-area is not on swap"
+        inside, go = threading.Event(), threading.Event()
+        read_run = k.swap.read_run
+
+        def slow_read(*args, **kwargs):
+            if threading.current_thread().name == "waker":
+                inside.set()
+                go.wait(10)
+            return read_run(*args, **kwargs)
+
+        k.swap.read_run = slow_read
+        got = {}
+
+        def waker():
+            try:
+                p.wake()
+                got["wake"] = None
+            except Exception as e:  # noqa: BLE001 - judged below
+                got["wake"] = e
+
+        t = threading.Thread(target=waker, name="waker")
+        t.start()
+        assert inside.wait(10)
+        p.exit()  # the lock is dropped for the u-area's read
+        go.set()
+        t.join(10)
+        k.swap.read_run = read_run
+        r = got["wake"]
+        assert r is None or (isinstance(r, rumpvm.VMError) and r.errno == errno.ESRCH), f"wake racing exit: {r!r}"
+        k.check()
+
+
 _HUGE_PEEK = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (256 << 20, 256 << 20))
@@ -262,7 +448,7 @@ garbage = st.sampled_from([
 
 
 class AdversaryMachine(RuleBasedStateMachine):
-    KERNEL_ARGS = {"memlimit": "384K", "swap": "16M", "oom_timeout": 5.0}
+    KERNEL_ARGS: ClassVar[dict] = {"memlimit": "384K", "swap": "16M", "oom_timeout": 5.0}
     TIGHT = False  # swap so small that memory can run out (and the swapper runs)
 
     def __init__(self) -> None:
@@ -618,7 +804,7 @@ class AdversaryMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.objects)
     @rule(which=st.integers(0, 2))
     def detach(self, which):
-        o, key = self.objects.pop(which % len(self.objects))
+        o, _ = self.objects.pop(which % len(self.objects))
         o.detach()
         self.detached.append(o)
         with pytest.raises(rumpvm.VMError):
@@ -721,7 +907,8 @@ class AdversaryMachine(RuleBasedStateMachine):
             "minherit": lambda: p.minherit(a, P, INHERIT_NONE), "madvise": lambda: p.madvise(a, P, MADV_FREE),
             "msync": lambda: p.msync(a, P), "fork": p.fork, "exit": p.exit, "maps": p.maps,
             "peek": lambda: p.peek(a, 4), "exec": p.exec, "unshare": p.unshare, "sleep": p.sleep,
-            "wake": p.wake, "getrlimit": lambda: p.getrlimit(resource.RLIMIT_STACK), "fork_shared": lambda: p.fork(shared=True),
+            "wake": p.wake, "getrlimit": lambda: p.getrlimit(resource.RLIMIT_STACK),
+            "fork_shared": lambda: p.fork(shared=True),
         }
         with pytest.raises(rumpvm.VMError) as ei:
             calls[call]()
@@ -805,7 +992,7 @@ class TightAdversaryMachine(AdversaryMachine):
     (OutOfMemory must then change nothing, or be a clean short write) and
     the swapper swaps whole processes out."""
 
-    KERNEL_ARGS = {"memlimit": "320K", "swap": "256K", "oom_timeout": 0.5}
+    KERNEL_ARGS: ClassVar[dict] = {"memlimit": "320K", "swap": "256K", "oom_timeout": 0.5}
     TIGHT = True
 
 

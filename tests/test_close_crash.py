@@ -92,7 +92,7 @@ def swap_fds() -> list[str]:
 
 
 def measure() -> dict[str, Any]:
-    import psutil
+    import psutil  # type: ignore[import-untyped]
 
     gc.collect()
     me = psutil.Process()
@@ -160,7 +160,7 @@ def child_fifty(how: str) -> dict[str, Any]:
 def child_close_mounted(mnt: str, progress_dir: str) -> dict[str, Any]:
     from test_mountd_hostile import readers_end, start_readers
 
-    k = rumpvm.Kernel(memlimit="4M", swap="32M", oom_timeout=1)
+    k = rumpvm.Kernel(memlimit="4M", swap="32M")
     target = k.spawn(name="target")
     a = target.mmap(8 * M)
     for off in range(0, 8 * M, P):

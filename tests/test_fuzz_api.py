@@ -863,12 +863,12 @@ class APIFuzzTight(APIFuzzMachine):
     calls are OutOfMemory (which must change nothing) or short writes."""
 
     KERNEL_ARGS: ClassVar[dict[str, Any]] = {"memlimit": "320K", "swap": "256K", "oom_timeout": 0.2}
-    BIG_PAGES = 24
+    BIG_PAGES = 52  # 2 x 52 pages of ~124 (memory + swap): forks and new mappings run out
     MAXSLP = 0.0
 
 
 SETTINGS = settings(
-    max_examples=60,
+    max_examples=600,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large,
@@ -884,12 +884,12 @@ def test_fuzz_api() -> None:
 
 def test_fuzz_api_under_pressure() -> None:
     with host_memory_guard():
-        run_state_machine_as_test(APIFuzzUnderPressure, settings=settings(SETTINGS, max_examples=25))
+        run_state_machine_as_test(APIFuzzUnderPressure, settings=settings(SETTINGS, max_examples=200))
 
 
 def test_fuzz_api_tight() -> None:
     with host_memory_guard():
-        run_state_machine_as_test(APIFuzzTight, settings=settings(SETTINGS, max_examples=25))
+        run_state_machine_as_test(APIFuzzTight, settings=settings(SETTINGS, max_examples=150))
 
 
 @pytest.mark.stress

@@ -36,7 +36,7 @@ import pwd
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -190,7 +190,7 @@ def test_every_file_has_the_owner_and_mode_of_its_linux_proc_model(populated: ru
 def test_read_only_files_stay_read_only_for_root(populated: rumpvm.Kernel, tmp_path: Path) -> None:
     """Root passes every mode check, so mountd itself refuses writing text:
     write opens, truncation by `truncate` and by `open(O_TRUNC)` alike."""
-    def err(fn, *args) -> int:  # type: ignore[no-untyped-def]
+    def err(fn: Callable[..., object], *args: object) -> int:
         try:
             fd = fn(*args)
         except OSError as e:
@@ -271,9 +271,11 @@ def test_with_allow_other_another_user_reads_text_but_no_memory_and_writes_nothi
     before = kernel_state(k)
     with mounted(k, mnt, allow_other=True) as root:
         # What Linux lets anyone read, anyone reads.
-        for argv in (("ls", "-lR", root), ("cat", root / "meminfo", root / "vmstat", root / "swaps"),
-                     ("cat", root / "proc/1/maps", root / "proc/1/smaps", root / "proc/1/status"),
-                     ("cat", *(root / rel for rel in CONTROL)), ("cat", root / "kmem/pools")):
+        readable: list[tuple[str | Path, ...]] = [
+            ("ls", "-lR", root), ("cat", root / "meminfo", root / "vmstat", root / "swaps"),
+            ("cat", root / "proc/1/maps", root / "proc/1/smaps", root / "proc/1/status"),
+            ("cat", *(root / rel for rel in CONTROL)), ("cat", root / "kmem/pools")]
+        for argv in readable:
             r = as_user(other_user, *argv)
             assert r.returncode == 0 and r.stdout, (argv, r.stderr)
         assert as_user(other_user, "cat", root / "proc/1/maps").stdout == (root / "proc/1/maps").read_text()
@@ -294,6 +296,7 @@ def test_cli_allow_other_is_the_same_policy(public_dir: Path, other_user: tuple[
     import sys
 
     from fusemount import wait_live
+    from test_mountd_hostile import wait_demo
 
     mnt = public_dir / "vm"
     mnt.mkdir()
@@ -301,7 +304,8 @@ def test_cli_allow_other_is_the_same_policy(public_dir: Path, other_user: tuple[
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_live(mnt, timeout=15)
-        pid = next(d for d in sorted(os.listdir(mnt / "proc"), key=int))
+        wait_demo(mnt)
+        pid = "1"  # the demo's first process, alive for the daemon's life
         assert as_user(other_user, "cat", mnt / "meminfo").returncode == 0
         assert as_user(other_user, "cat", mnt / "proc" / pid / "maps").returncode == 0
         assert denied(as_user(other_user, "cat", mnt / "proc" / pid / "mem"))
