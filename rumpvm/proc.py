@@ -402,7 +402,7 @@ class Proc:
 
     def read(self, addr: int, length: int) -> bytes:
         """Read `length` bytes at `addr` (SegmentationFault if any is not readable)."""
-        if type(addr) is int and type(length) is int and 0 < length <= PAGE_SIZE - (addr & PAGE_MASK):
+        if type(addr) is int and type(length) is int and addr >= 0 and 0 < length <= PAGE_SIZE - (addr & PAGE_MASK):
             k = self.kernel
             with k.lock:  # fast path: one page with a translation
                 page = self.vmspace.pmap.rd.get(addr >> PAGE_SHIFT)
@@ -443,7 +443,7 @@ class Proc:
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         """Write `data` at `addr`; nothing is written unless all of it may be
         (SegmentationFault).  OutOfMemory part-way carries `.written`."""
-        if type(addr) is int and type(data) is bytes and 0 < len(data) <= PAGE_SIZE - (addr & PAGE_MASK):
+        if type(addr) is int and type(data) is bytes and addr >= 0 and 0 < len(data) <= PAGE_SIZE - (addr & PAGE_MASK):
             k = self.kernel
             with k.lock:  # fast path: one page with a writable translation
                 page = self.vmspace.pmap.wr.get(addr >> PAGE_SHIFT)

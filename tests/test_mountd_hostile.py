@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import glob
 import json
 import logging
@@ -58,7 +59,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -577,34 +578,47 @@ class HostileClient:
         candidates = [f for f in self.files if self._kind(f) == kind] or self.files
         return op, rng.choice(candidates)
 
+    def _timed(self, op: str, path: str, fn: Callable[[], object]) -> bool:
+        """Run and time one request; False once the daemon is gone."""
+        start = time.monotonic()
+        try:
+            fn()
+            self.ok[op] = self.ok.get(op, 0) + 1
+        except OSError as err:
+            name = errno.errorcode.get(err.errno or 0, str(err.errno))
+            counts = self.errnos.setdefault(op, {})
+            counts[name] = counts.get(name, 0) + 1
+            if err.errno in DEAD_ERRNOS:
+                self.bad.append(f"{name} on {op} {path}: the daemon is gone")
+                return False
+            if err.errno == errno.EIO and not op.startswith(("memory", "odd", "sweep-memory")):
+                self.bad.append(f"EIO (an unexpected exception in the daemon) on {op} {path}")
+        except ValueError as err:  # an mmap the host refuses (past a file's end)
+            counts = self.errnos.setdefault(op, {})
+            counts[str(err)] = counts.get(str(err), 0) + 1
+        lat = time.monotonic() - start
+        if lat > self.max_lat:
+            self.max_lat, self.slowest = lat, f"{op} {path}"
+        return True
+
     def run(self, nops: int) -> dict[str, Any]:
+        if not self._timed("walk", self.root, self._walk):
+            return self.summary()
+        print("started", flush=True)
+        # Every file once (a read at a random offset and size), then at random.
+        for path in list(self.files):
+            op = f"sweep-{self._kind(path)}-read"
+            if not self._timed(op, path, functools.partial(self._one, op.removeprefix("sweep-"), path)):
+                return self.summary()
         for i in range(nops):
-            op, path = "walk", self.root
-            start = time.monotonic()
-            try:
-                if i % 25 == 0:
-                    self._walk()
-                    if i == 0:
-                        print("started", flush=True)
-                op, path = self._pick()
-                start = time.monotonic()
-                self._one(op, path)
-                self.ok[op] = self.ok.get(op, 0) + 1
-            except OSError as err:
-                name = errno.errorcode.get(err.errno or 0, str(err.errno))
-                counts = self.errnos.setdefault(op, {})
-                counts[name] = counts.get(name, 0) + 1
-                if err.errno in DEAD_ERRNOS:
-                    self.bad.append(f"{name} on {op} {path}: the daemon is gone")
-                    break
-                if err.errno == errno.EIO and not op.startswith(("memory", "odd")):
-                    self.bad.append(f"EIO (an unexpected exception in the daemon) on {op} {path}")
-            except ValueError as err:  # an mmap the host refuses (past a file's end)
-                counts = self.errnos.setdefault(op, {})
-                counts[str(err)] = counts.get(str(err), 0) + 1
-            lat = time.monotonic() - start
-            if lat > self.max_lat:
-                self.max_lat, self.slowest = lat, f"{op} {path}"
+            if i % 25 == 24 and not self._timed("walk", self.root, self._walk):
+                break
+            op, path = self._pick()
+            if not self._timed(op, path, functools.partial(self._one, op, path)):
+                break
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
         return {"max_lat": self.max_lat, "slowest": self.slowest, "errnos": self.errnos, "ok": self.ok,
                 "bad": self.bad, "mem_bytes": self.mem_bytes}
 
