@@ -128,7 +128,7 @@ def free(block: Block) -> None:
 def getparam(name: str) -> str | None:
     """The host's value of the environment parameter `name`, or None."""
     v = lib.rv_getenv(name.encode())
-    return None if v == ffi.NULL else ffi.string(v).decode()
+    return None if v == ffi.NULL else os.fsdecode(ffi.string(v))  # undecodable bytes survive as surrogates
 
 
 def host_memory() -> int:
@@ -184,9 +184,7 @@ class SwapFile:
             fd = lib.rv_swap_mktemp(template)
             if fd < 0:
                 raise _oserror("swap file")
-            path = ffi.string(template).decode()
-            lib.rv_unlink(os.fsencode(path))
-            path += " (deleted)"
+            path = ffi.string(template).decode() + " (deleted)"  # unlinked by rv_swap_mktemp
         else:
             fd = lib.rv_swap_open(os.fsencode(path))
         if fd < 0:

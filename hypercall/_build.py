@@ -30,7 +30,6 @@ ffibuilder.cdef(
     int rv_swap_mktemp(char *template_);
     int rv_swap_truncate(int fd, int64_t size);
     int rv_close(int fd);
-    int rv_unlink(const char *path);
     int64_t rv_pwrite_pages(int fd, const uintptr_t *pages, int n, size_t pgsz, int64_t off);
     int64_t rv_pread_pages(int fd, const uintptr_t *pages, int n, size_t pgsz, int64_t off);
     int64_t rv_pread(int fd, char *buf, size_t len, int64_t off);
@@ -157,10 +156,17 @@ ffibuilder.set_source(
         errno = e;
         return -1;
     }
-    int rv_swap_mktemp(char *template_) { return mkostemp(template_, O_CLOEXEC); }
+    /* A temporary swap file: unlinked before anything else can happen, so
+       only the descriptor keeps it and no name is ever left behind. */
+    int rv_swap_mktemp(char *template_)
+    {
+        int fd = mkostemp(template_, O_CLOEXEC);
+        if (fd >= 0)
+            unlink(template_);
+        return fd;
+    }
     int rv_swap_truncate(int fd, int64_t size) { return ftruncate(fd, size); }
     int rv_close(int fd) { return close(fd); }
-    int rv_unlink(const char *path) { return unlink(path); }
 
     static int64_t rv_pio_pages(int fd, const uintptr_t *pages, int n, size_t pgsz,
                                 int64_t off, int write)

@@ -156,6 +156,20 @@ def make_trace(kind: str, length: int, pages: int, seed: int = 0) -> Trace:
     raise ValueError(f"unknown trace kind {kind!r}; one of {', '.join(GENERATORS)}")
 
 
+def _header_column(path: str | os.PathLike[str], names: list[str], column: str | None) -> int:
+    """The index of the page column in a header: `column` by name, else a
+    usual name, else the only column (ValueError if none fits)."""
+    want = column.lower() if column is not None else None
+    for cand in [want] if want else ["obj_id", "objid", "page", "obj", "id", "key", "lba", "addr"]:
+        if cand in names:
+            return names.index(cand)
+    if want is not None:
+        raise ValueError(f"{path}: no column {column!r} in header {names}")
+    if len(names) == 1:
+        return 0
+    raise ValueError(f"{path}: cannot tell which column holds the page; header {names}: pass column=")
+
+
 def read_trace(path: str | os.PathLike[str], column: int | str | None = None,
                compact: bool = True) -> Trace:
     """Read a trace file.
@@ -179,22 +193,13 @@ def read_trace(path: str | os.PathLike[str], column: int | str | None = None,
         return []
     sep = "," if "," in lines[0] else None
     col: int | None = column if isinstance(column, int) else None
+    if col is not None and col < 0:
+        raise ValueError(f"{path}: column {col} is negative")
     first = _split(lines[0], sep)
     if not _is_int(first[0] if col is None else first[min(col, len(first) - 1)]):
-        # A header line: find the column by name.
-        names = [h.strip().lower() for h in first]
-        want = column.lower() if isinstance(column, str) else None
-        for cand in ([want] if want else ["obj_id", "objid", "page", "obj", "id", "key", "lba", "addr"]):
-            if cand in names:
-                col = names.index(cand)
-                break
-        else:
-            if want is not None:
-                raise ValueError(f"{path}: no column {column!r} in header {first}")
-            col = 0 if len(names) == 1 else None
-            if col is None:
-                raise ValueError(f"{path}: cannot tell which column holds the page;"
-                                 f" header {first}: pass column=")
+        # A header line: an integer column stands; a name is looked up.
+        if col is None:
+            col = _header_column(path, [h.strip().lower() for h in first], column if isinstance(column, str) else None)
         lines = lines[1:]
     elif isinstance(column, str):
         raise ValueError(f"{path}: column {column!r} given by name but the file has no header")
