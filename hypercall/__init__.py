@@ -186,6 +186,8 @@ class SwapFile:
                 raise _oserror("swap file")
             path = ffi.string(template).decode() + " (deleted)"  # unlinked by rv_swap_mktemp
         else:
+            if "\0" in path:
+                raise OSError(22, f"swap file {path!r}: a path may not contain a NUL byte")
             fd = lib.rv_swap_open(os.fsencode(path))
         if fd < 0:
             raise _oserror(f"swap file {path}")

@@ -206,6 +206,8 @@ def _open_core(path: str) -> int:
     regular file with one link owned by us (as NetBSD's coredump checks),
     and the open never blocks (a FIFO) or takes a controlling tty."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    if "\0" in path:
+        raise OSError(errno.EINVAL, "a path may not contain a NUL byte")
     fd = os.open(path, flags, 0o600)
     try:
         st = os.fstat(fd)

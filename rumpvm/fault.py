@@ -27,7 +27,7 @@ from .constants import MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, PAGE_SHIFT, PR
 from .errors import OutOfMemory, SegmentationFault, VMError
 from .map import growstack, stack_growth
 from .page import INACTIVE
-from .physmem import memwait, page_alloc, page_free, pool_room, swap_free
+from .physmem import in_pagedaemon, memwait, page_alloc, page_free, pool_room, swap_free
 from .pmap import page_remove_all
 
 if TYPE_CHECKING:
@@ -121,6 +121,11 @@ def _fault(k: Kernel, vmap: VMMap, va: int, access: int, wire: bool,
     # mprotect+write cannot leave the wiring on a page the chain hides
     # (what vm_fault_copy_entry does when mprotect adds write).
     write = bool(access & PROT_WRITE) or (wire and bool(e.max_prot & PROT_WRITE))
+    if (write or wire) and (e.needs_copy or e.obj is None) and not (resv and resv.frames) \
+            and k.physmem.avail_pages(in_pagedaemon(k)) <= 0:
+        # No frame for the page this fault will need: wait before shadowing
+        # or creating an object, so a fault that runs out changes nothing.
+        raise _NeedMemory
 
     if e.needs_copy and write:
         assert e.obj is not None

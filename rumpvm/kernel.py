@@ -157,7 +157,7 @@ class Kernel:
             raise einval(f"swap size {swap_bytes} is negative")
         if isinstance(oom_timeout, bool) or not isinstance(oom_timeout, (int, float)):
             raise TypeError(f"oom_timeout must be a number, not {type(oom_timeout).__name__}")
-        if not (math.isfinite(oom_timeout) and 0 <= oom_timeout <= threading.TIMEOUT_MAX):
+        if not (0 <= oom_timeout <= threading.TIMEOUT_MAX and math.isfinite(oom_timeout)):
             raise einval(f"oom_timeout {oom_timeout!r} must be a finite number of seconds >= 0")
         wired = parse_limit(wired_limit, "wired_limit")
         if wired is not None and wired < 0:

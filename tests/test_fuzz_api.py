@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from hypothesis import HealthCheck, Phase, note, settings
+from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
@@ -900,6 +900,58 @@ def test_fuzz_api_stress(machine: type[APIFuzzMachine]) -> None:
         run_state_machine_as_test(machine, settings=settings(SETTINGS, max_examples=n, stateful_step_count=60))
 
 
+# -- the constructor -------------------------------------------------------------------------
+
+CTOR_VALUES: dict[str, list[Any]] = {
+    "memlimit": [None, "unlimited", "", "64M", "300K", "288K", "287K", 0, -1, 1 << 30, "1e3", "64 M", "\u0663M",
+                 2**63, 2**63 - 1, 1.5, math.nan, b"64M", True, [1]],
+    "swap": [0, "0", "4M", "64K", 4095, 4096, -4096, "-1", 2**63, "1e3", None, 1.0, math.inf, b"4M", False],
+    "policy": ["clock", "lru", "fifo", "random", " lru ", "LRU", "", "opt", None, b"lru", 1],
+    "oom_timeout": [0, 0.0, -0.0, 0.5, 3, -1, math.nan, math.inf, -math.inf, 1e300, 10**400, 2**64, "1", None, True],
+    "wired_limit": [None, "unlimited", "1M", 0, -1, "abc", 1.5, 2**70, "-5"],
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_fuzz_kernel_constructor(data: st.DataObject, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Kernel(**kwargs) with hostile values for every parameter (and swap
+    files that are missing, directories, symlinks, FIFOs, or carry a NUL):
+    VMError or TypeError, or a kernel that works and closes."""
+    d = tmp_path_factory.mktemp("ctor")
+    (d / "target").write_bytes(b"keep")
+    (d / "link").symlink_to(d / "target")
+    os.mkfifo(d / "fifo")
+    paths: list[Any] = [None, str(d / "swap"), str(d / "link"), str(d / "fifo"), str(d), str(d / "no" / "swap"),
+                        str(d / "target\x00.swap"), 7, b"\xff"]
+    kw = {key: data.draw(st.sampled_from(vals), label=key) for key, vals in CTOR_VALUES.items()
+          if data.draw(st.booleans(), label=f"{key}?")}
+    if data.draw(st.booleans(), label="swapfile?"):
+        kw["swapfile"] = data.draw(st.sampled_from(paths), label="swapfile")
+        kw.setdefault("swap", "64K")
+    note(f"Kernel(**{kw!r})")
+    try:
+        k = rumpvm.Kernel(**kw)
+    except ALLOWED:
+        pass
+    except BaseException as e:
+        if isinstance(e, OverflowError) and not STRICT and isinstance(kw.get("oom_timeout"), int):
+            return  # known: test_bug_kernel_huge_int_oom_timeout_overflowerror
+        raise AssertionError(f"Kernel(**{kw!r}) raised the undocumented {type(e).__name__}: {e!r}") from e
+    else:
+        with k:
+            p = k.spawn()
+            a = p.mmap(4 * P)
+            p.write(a, b"x" * (4 * P))
+            assert p.read(a, 4) == b"xxxx"
+            k.check()
+        sf = kw.get("swapfile")
+        if isinstance(sf, str) and "\x00" in sf and not STRICT:
+            return  # known: test_bug_swapfile_with_nul_truncates_the_path
+        assert not (isinstance(sf, str) and "\x00" in sf), f"Kernel(swapfile={sf!r}) accepted a path with a NUL"
+    assert (d / "target").read_bytes() == b"keep", "a swap file replaced the target of a symlink"
+
+
 # -- regression tests for bugs found by the fuzzer -----------------------------------------
 
 
@@ -1004,3 +1056,26 @@ def test_bug_coredump_path_with_nul_raises_valueerror(kernel, tmp_path) -> None:
     p.mmap(P)
     e = _assert_documented(lambda: p.coredump(str(tmp_path / "core\x00x")))
     assert e is not None
+
+
+def test_bug_kernel_huge_int_oom_timeout_overflowerror() -> None:
+    """Kernel(oom_timeout=10**400) raises OverflowError ("int too large to
+    convert to float", from math.isfinite); README: a bad oom_timeout is
+    VMError(EINVAL)."""
+    e = _assert_documented(lambda: rumpvm.Kernel(oom_timeout=10**400).close())
+    assert isinstance(e, VMError) and e.errno == errno.EINVAL
+
+
+def test_bug_swapfile_with_nul_truncates_the_path(tmp_path) -> None:
+    """Kernel(swap=..., swapfile="<dir>/data\\x00.swap") opens "<dir>/data" (the
+    C layer stops at the NUL): an existing regular file named by the prefix
+    is made 0600 and truncated to the swap size, and used as swap.  A path
+    with a NUL must be refused (TypeError or VMError(EINVAL), as os.open
+    refuses it with ValueError) and nothing touched."""
+    victim = tmp_path / "data"
+    victim.write_bytes(b"precious")
+    try:
+        rumpvm.Kernel(swap="64K", swapfile=str(victim) + "\x00.swap").close()
+    except (TypeError, VMError):
+        pass
+    assert victim.read_bytes() == b"precious", "the file named by the path's prefix was truncated"

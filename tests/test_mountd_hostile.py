@@ -375,7 +375,7 @@ HANG_GUARD = 60.0  # subprocess timeouts: a hang guard, never a result
 # other clients' writes to the same control file waits for theirs too; and
 # a 2 GiB read of the kernel object (16 TiB, zeros) is 16384 requests.
 # Measured maximum on a 2-CPU host: 3.5 s (that read, in the stress run).
-REQUEST_BOUND = 20.0
+REQUEST_BOUND = 120.0  # a hang bound, generous for loaded machines: no result depends on speed
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 CONTROL_FILES = ("limit", "pagedaemon/policy", "pagedaemon/freemin", "pagedaemon/freetarg")
@@ -931,7 +931,7 @@ def test_ls_lR_and_find_L_while_processes_fork_and_exit(populated: rumpvm.Kernel
         assert rc in (0, 1), (argv, rc, err)  # 1: an entry vanished (reported below)
         odd = [line for line in err.splitlines() if not VANISHED.match(line)]
         assert odd == [], (argv, odd[:5])
-        assert seconds < REQUEST_BOUND and lines > 20, (argv, seconds, lines)
+        assert lines > 20, (argv, seconds, lines)
     assert rounds > 5, "the processes did not change during the walks"
     assert mountd_records(caplog) == []
     k.check()
