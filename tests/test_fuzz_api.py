@@ -4,14 +4,17 @@
 few processes, each with regions of known content (private and MAP_SHARED
 of a `create_object` object, at fixed addresses in a small window so that
 fixed mappings collide).  Each step picks one call of the public API —
-every `Proc` method, every `Kernel` method, the memory limit and the
-pagedaemon's knobs — and either legal arguments (derived from the current
-maps, objects and kernel maps) or hostile ones: huge, negative, unaligned,
-`addr + length` beyond 2**64, wrong types (str, float, NaN, inf, None,
-bool, bytes, ...), exited processes, a closed kernel and its objects,
+every `Proc` method (coredump too, into a scratch directory with a symlink,
+a FIFO and a directory in it), every `Kernel` method, the memory limit and
+the pagedaemon's knobs — and either legal arguments (derived from the
+current maps, objects and kernel maps) or hostile ones: huge, negative,
+unaligned, `addr + length` beyond 2**64, wrong types (str, float, NaN, inf,
+None, bool, bytes, ...), exited processes, a closed kernel and its objects,
 objects of another kernel, detached objects, and buffers of odd types
-(memoryview of 'I'/'d', multi-dimensional, non-contiguous, released,
-read-only for `readinto`, ctypes arrays).
+(memoryview of 'I'/'d', multi-dimensional, non-contiguous, released, closed
+mmap, read-only for `readinto`, ctypes arrays).  Each rule draws a fixed
+number of bytes and decodes them (`Src`/`G`), so the draws keep their shape
+when the state differs between runs (the pagedaemon runs on its own thread).
 
 Properties, after every call:
   * only the documented exceptions escape: `rumpvm.VMError` (and its
@@ -25,29 +28,35 @@ Properties, after every call:
     process table, the memory limit and the pagedaemon's knobs are equal
     before and after (the one documented exception: `OutOfMemory` with
     `.written` set, a short write);
-  * a call on an exited process or a closed kernel never succeeds;
-  * successful reads agree with `peek`, and writes read back.
+  * a call on an exited process or a closed kernel never succeeds, and a
+    call with arguments README's errno table calls invalid never succeeds;
+  * successful reads agree with `peek` and need PROT_READ, writes read back
+    and need PROT_WRITE; no call on a process faults at a kernel address.
 
-`APIFuzzUnderPressure` runs the same under a small memory limit with swap,
-so the pagedaemon and the swapper run in the middle of the sequences.
+`APIFuzzUnderPressure` runs the same under a small memory limit with swap
+(the pagedaemon and the swapper run mid-sequence); `APIFuzzTight` with too
+little swap, so calls run out of memory.  `test_fuzz_kernel_constructor`
+gives `Kernel(...)` hostile values for every parameter.
 
 The default run takes about a minute.  `test_fuzz_api_stress` (marker
 `stress`) runs many more sequences; RUMPVM_FUZZ_EXAMPLES sets the count.
 
 Each `test_bug_*` is a minimal deterministic regression test for a bug this
-fuzzer found; it fails until the bug is fixed.
+fuzzer found; it fails until the bug is fixed.  The machines tolerate the
+bugs listed in KNOWN_* (so that a run goes on to find new ones) unless
+RUMPVM_FUZZ_STRICT=1.
 
 Host memory: while the machines run, the soft RLIMIT_AS of the test
 process is lowered to its current size plus 8 GiB, so that a call that
 tries to allocate a huge host buffer fails with MemoryError (a finding)
 instead of inviting the host's OOM killer.
 """
-
 from __future__ import annotations
 
 import array
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import math
 import mmap
@@ -284,6 +293,27 @@ KNOWN_ACCEPTED: list[tuple[str, Callable[[str, str], bool]]] = []
 STRICT = os.environ.get("RUMPVM_FUZZ_STRICT") == "1"
 
 
+def _only_shadowed(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether two snapshots differ only by new shadow objects and map
+    entries moved onto them (object id, needs_copy): the known
+    test_bug_failed_cow_write_leaves_a_shadow."""
+    for key in set(before) | set(after):
+        b, a = before.get(key), after.get(key)
+        if b == a:
+            continue
+        if key == "objects":
+            if not set(b) <= set(a):
+                return False
+        elif key.endswith(".maps"):
+            if len(a) != len(b) or any(dataclasses.replace(x, object=None, needs_copy=False)
+                                       != dataclasses.replace(y, object=None, needs_copy=False)
+                                       for x, y in zip(b, a)):
+                return False
+        else:
+            return False
+    return True
+
+
 def _known_bug(args: tuple[Any, ...], e: BaseException) -> str | None:
     if STRICT:
         return None
@@ -494,7 +524,10 @@ class APIFuzzMachine(RuleBasedStateMachine):
                 note(f"  -> known bug, see {known}")
             short_write = isinstance(e, OutOfMemory) and e.written
             after = self.snapshot()
-            if not short_write and before != after:
+            if not short_write and before != after and isinstance(e, OutOfMemory) and not STRICT \
+                    and _only_shadowed(before, after):
+                note("  -> known bug, see test_bug_failed_cow_write_leaves_a_shadow")
+            elif not short_write and before != after:
                 diff = [key for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
                 raise AssertionError(f"{desc} failed with {type(e).__name__}({e}) but changed {diff}: "
                                      + "; ".join(f"{key}: {before.get(key)!r} -> {after.get(key)!r}"[:600]
@@ -1079,3 +1112,34 @@ def test_bug_swapfile_with_nul_truncates_the_path(tmp_path) -> None:
     except (TypeError, VMError):
         pass
     assert victim.read_bytes() == b"precious", "the file named by the path's prefix was truncated"
+
+
+def test_bug_failed_cow_write_leaves_a_shadow() -> None:
+    """A copy-on-write write that runs out of memory part-way through its
+    fault fails with OutOfMemory(.written == 0) but leaves its first steps
+    behind: the entry has been moved onto a new shadow object (maps() shows
+    the new object and needs_copy cleared; k.objects() has one more).  The
+    fault checks for a free frame before shadowing, but here the backing
+    page is on swap: the page-in takes the last free frame and the copy-up
+    then finds none.  README: a failed call changes nothing."""
+    with rumpvm.Kernel(memlimit="320K", swap="256K", oom_timeout=0.2) as k:
+        p = k.spawn()
+        a = p.mmap(4 * P)
+        p.write(a, b"a" * (4 * P))
+        p.fork()  # the region is copy-on-write in both
+        q = k.spawn()
+        b = q.mmap(200 * P)
+        for i in range(122):  # p's pages go to swap, swap fills, a few frames stay free
+            q.write(b + i * P, b"z" * P)
+        before = (p.maps(), k.objects())
+        try:
+            p.write(a, b"x")
+        except OutOfMemory as e:
+            assert e.written == 0
+            after = (p.maps(), k.objects())
+            assert [(o.id, o.shadow) for o in after[1]] == [(o.id, o.shadow) for o in before[1]], \
+                "a failed write left a new shadow object"
+            assert after[0] == before[0], "a failed write changed the map"
+        else:
+            assert p.read(a, 1) == b"x"
+        k.check()
