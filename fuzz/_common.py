@@ -29,7 +29,8 @@ def tokens(fdp: atheris.FuzzedDataProvider, vocab: Sequence[str], max_tokens: in
 # RUMPVM_FUZZ_STRICT=1: no known bug is tolerated (see KNOWN in each target).
 STRICT = os.environ.get("RUMPVM_FUZZ_STRICT") == "1"
 
-DEFAULT_FLAGS = ("-len_control=0", "-max_len=512")
+# The instrumented interpreter starts near libFuzzer's default 2 GB RSS limit.
+DEFAULT_FLAGS = ("-len_control=0", "-max_len=512", "-rss_limit_mb=8192")
 
 
 def run(test_one_input: Callable[[bytes], None], argv: list[str] | None = None) -> None:

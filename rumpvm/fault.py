@@ -121,11 +121,13 @@ def _fault(k: Kernel, vmap: VMMap, va: int, access: int, wire: bool,
     # mprotect+write cannot leave the wiring on a page the chain hides
     # (what vm_fault_copy_entry does when mprotect adds write).
     write = bool(access & PROT_WRITE) or (wire and bool(e.max_prot & PROT_WRITE))
-    if (write or wire) and (e.needs_copy or e.obj is None) and not (resv and resv.frames) \
-            and k.physmem.avail_pages(in_pagedaemon(k)) <= 0:
-        # No frame for the page this fault will need: wait before shadowing
-        # or creating an object, so a fault that runs out changes nothing.
-        raise _NeedMemory
+    if (write or wire) and (e.needs_copy or e.obj is None) and not (resv and resv.frames):
+        # Wait for the frames this fault will need (a page-in and the copy)
+        # before shadowing or creating an object: a fault that runs out of
+        # memory must change nothing.
+        slot = vm_object.lookup(e.obj, e.pindex(va))[3] if e.obj is not None else None
+        if k.physmem.avail_pages(in_pagedaemon(k)) < (2 if slot is not None else 1):
+            raise _NeedMemory
 
     if e.needs_copy and write:
         assert e.obj is not None
