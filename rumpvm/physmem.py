@@ -181,6 +181,7 @@ def memwait(k: Kernel, deadline: float | None) -> float:
     # Direct reclaim: scan in this thread rather than hand off to the
     # daemon and sleep (a thread switch each way per batch of pages).
     if not k.pagedaemon.stalled and k.pagedaemon.reclaim(direct=True):
+        k.lockdrops += 1  # pages moved as if the lock had been dropped
         k.check_open()
         return deadline
     if not k.pagedaemon.stalled:

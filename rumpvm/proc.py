@@ -328,11 +328,25 @@ class Proc:
         start, end = _range(addr, length)
         k = self.kernel
         with k.gate:
-            ents = self._check_wiring(self._live(), start, end)
-            with reserve(k, self._wire_frames(ents, start, end)) as resv:
-                vmap = self._primed(entries=2, objects=2 + 2 * len(ents))
-                self._check_wiring(vmap, start, end)  # again: the reservation may have slept
+            self._check_wiring(self._live(), start, end)  # fail fast, before any reservation
+            with reserve(k, 0) as resv:
+                vmap = self._reserve_wiring(resv, start, end)
                 vmap.wire(start, end, resv)
+
+    def _reserve_wiring(self, resv: Reservation, start: int, end: int, limits: bool = True) -> Vmspace:
+        """Grow `resv` to the frames wiring [start, end) needs and prime the
+        pools, until a pass finds everything in place without sleeping:
+        while it sleeps, pages may be paged out (more page-ins needed) or
+        the range changed (limits checked again).  Lock held."""
+        k = self.kernel
+        while True:
+            vmap = self._live()
+            ents = self._check_wiring(vmap, start, end) if limits else vmap.require_mapped(start, end)
+            drops = k.lockdrops
+            reserve_more(k, resv, self._wire_frames(ents, start, end))
+            vmap = self._primed(entries=2, objects=2 + 2 * len(ents))
+            if k.lockdrops == drops:
+                return vmap
 
     def _check_wiring(self, vmap: VMMap, start: int, end: int) -> list[VMMapEntry]:
         """The entries of [start, end) if mlock may wire them: mapped,
@@ -604,9 +618,8 @@ class Proc:
         with k.gate:
             vmap = self._live()
             check_access(vmap, start, end - start, pr if pr & PROT_WRITE else PROT_READ)
-            ents = vmap.require_mapped(start, end)
-            with reserve(k, self._wire_frames(ents, start, end)) as resv:
-                vmap = self._primed(entries=2, objects=2 + 2 * len(ents))
+            with reserve(k, 0) as resv:
+                vmap = self._reserve_wiring(resv, start, end, limits=False)
                 vmap.wire(start, end, resv)
 
     def vsunlock(self, addr: int, length: int) -> None:

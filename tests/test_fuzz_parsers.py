@@ -16,9 +16,9 @@ directory (its path is in the failure message).  The default run is 2000
 inputs per target (a few seconds each); `test_fuzz_parser_stress` (marker
 `stress`) runs RUMPVM_FUZZ_RUNS inputs per target (default 200000).
 
-Known bugs that have a regression test below are tolerated by the targets
-so that a run goes on to find new ones; RUMPVM_FUZZ_STRICT=1 makes them
-crashes again.
+A target may tolerate a bug that has a regression test below, so that a
+run goes on to find new ones, unless RUMPVM_FUZZ_STRICT=1 (none does now:
+the bugs found so far are fixed).
 """
 
 from __future__ import annotations
