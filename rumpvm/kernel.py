@@ -159,6 +159,11 @@ class Kernel:
             raise TypeError(f"oom_timeout must be a number, not {type(oom_timeout).__name__}")
         if not (0 <= oom_timeout <= threading.TIMEOUT_MAX and math.isfinite(oom_timeout)):
             raise einval(f"oom_timeout {oom_timeout!r} must be a finite number of seconds >= 0")
+        if swapfile is not None:
+            if not isinstance(swapfile, str):
+                raise TypeError(f"swapfile must be str, not {type(swapfile).__name__}")
+            if "\0" in swapfile or not swapfile:
+                raise einval(f"swapfile {swapfile!r} is not a usable path")
         wired = parse_limit(wired_limit, "wired_limit")
         if wired is not None and wired < 0:
             raise einval(f"wired_limit {wired} is negative")

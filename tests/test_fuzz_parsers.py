@@ -7,7 +7,9 @@ documented outcomes it enforces):
                    Kernel(memlimit=...), RUMP_MEMLIMIT, the k.memlimit setter;
   * fuzz.trace   — rumpvm.lab.read_trace (page-number and csv trace files);
   * fuzz.control — mountd.control.parse_limit and mountd.control.write
-                   (the /vm control files), called directly on a kernel.
+                   (the /vm control files), called directly on a kernel;
+  * fuzz.names   — mountd.tree.parse_id and the /proc/self/mounts field
+                   unescaping of mountd.server.
 
 atheris must run as a main program, so each target runs in a subprocess:
 `python -m fuzz.<target> -atheris_runs=N`; exit status 0 means no input
@@ -31,7 +33,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = ["size", "trace", "control"]
+TARGETS = ["size", "trace", "control", "names"]
 
 
 def run_target(target: str, runs: int, tmp_path: Path, timeout: float) -> None:
