@@ -191,6 +191,14 @@ def _buffer(length: int) -> bytearray:
         raise OutOfMemory(f"no host memory for a {length}-byte read") from None
 
 
+def _freeze(buf: bytearray) -> bytes:
+    """The result as bytes (a second copy: OutOfMemory if the host has none)."""
+    try:
+        return bytes(buf)
+    except MemoryError:
+        raise OutOfMemory(f"no host memory for a {len(buf)}-byte read") from None
+
+
 def peek_map(k: Kernel, vmap: VMMap, addr: int, length: int) -> bytes:
     """Bytes of [addr, addr+length) up to the first unmapped page, ignoring
     protection.  SegmentationFault if `addr` itself is unmapped."""
@@ -218,7 +226,7 @@ def peek_map(k: Kernel, vmap: VMMap, addr: int, length: int) -> bytes:
                 if full is not None:
                     out[pos:pos + n] = full[off:off + n]
             va += n
-    return bytes(out)
+    return _freeze(out)
 
 
 def peek_object(k: Kernel, obj: VMObject, offset: int, length: int) -> bytes:
@@ -233,7 +241,7 @@ def peek_object(k: Kernel, obj: VMObject, offset: int, length: int) -> bytes:
         if full is not None:
             out[pos - offset:pos - offset + n] = full[off:off + n]
         pos += n
-    return bytes(out)
+    return _freeze(out)
 
 
 def peek_runs(k: Kernel, vmap: VMMap, e: VMMapEntry) -> list[tuple[int, bytes]]:
