@@ -891,6 +891,10 @@ class Churn:
                 if len(live) > 4:
                     live.pop(0).exit()
                 self.rounds += 1
+                # Give the GIL away between rounds: the kernel lock is not
+                # fair, and a loop that takes it back at once starves the
+                # FUSE server's threads.
+                time.sleep(0)
         except BaseException as err:
             self.error = err
 
