@@ -13,6 +13,9 @@ Returns a list of violated invariants, empty when all hold:
 - pages and frames: every frame is exactly one of free, a page, or a pool
   frame; every pageable page is on exactly one queue; wired counts match;
 - swap: slots in use = slots referenced by objects, no slot twice;
+- clean pages: a clean page's contents equal its swap copy (checksum), or
+  are zeros when it has no slot (a `fill` page a fault makes again): a page
+  written without being marked dirty would lose the write on eviction;
 - wiring: every page a map holds wired is the page its entry's object
   chain maps at that address (a COW that hid it would strand the wiring);
 - reachability: every resident page and swap slot lies in a pindex range a
@@ -30,14 +33,18 @@ from bisect import bisect_right
 from collections import Counter
 from typing import TYPE_CHECKING
 
+import hypercall
+
 from . import object as vm_object
-from .constants import PAGE_SHIFT, PROT_READ, PROT_WRITE
+from .constants import PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE
 from .fault import resolve
 
 if TYPE_CHECKING:
     from .kernel import Kernel
     from .map import VMMap
     from .object import VMObject
+
+_ZERO_SUM = hypercall.checksum_buffer(bytes(PAGE_SIZE))
 
 
 def _maps(k: Kernel) -> list[VMMap]:
@@ -149,6 +156,11 @@ def check_kernel(k: Kernel) -> list[str]:
             for pm, vpn in page.pv:
                 if (id(pm), vpn, id(page)) not in pv_expected:
                     errs.append(f"{page}: pv entry {vpn:#x} without translation")
+            if not page.dirty and not page.busy:
+                slot = o.swap.get(pindex)
+                sum_ = _ZERO_SUM if slot is None or k.swap is None else k.swap.sums[slot]
+                if hypercall.checksum(page.addr) != sum_:
+                    errs.append(f"{page}: clean but differs from its {'swap copy' if slot is not None else 'zeros'}")
         for slot in o.swap.values():
             slots[slot] += 1
         if o.pindex_bound_errors():

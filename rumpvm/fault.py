@@ -58,9 +58,11 @@ def resolve(vmap: VMMap, va: int) -> tuple[VMMap, VMMapEntry | None]:
 
 
 def vm_fault(k: Kernel, vmap: VMMap, va: int, access: int, wire: bool = False,
-             nowait: bool = False, resv: Reservation | None = None) -> VMPage | None:
+             nowait: bool = False, resv: Reservation | None = None, fill: bool = False) -> VMPage | None:
     """Make the page at `va` accessible for `access` and return it (entered in
-    the pmap, wired if `wire`), or None for a read of a never-written page.
+    the pmap, wired if `wire`), or None for a read of a never-written page —
+    unless `fill`: then such a read gets a clean zero-filled page, as a page
+    of a file would (evicting it writes nothing; the lab's trace replay).
     New pages take frames from `resv` while it has some.
 
     Raises SegmentationFault, VMError(EIO) (swap), OutOfMemory, and
@@ -71,7 +73,7 @@ def vm_fault(k: Kernel, vmap: VMMap, va: int, access: int, wire: bool = False,
     deadline: float | None = None
     while True:
         try:
-            return _fault(k, vmap, va, access, wire, resv)
+            return _fault(k, vmap, va, access, wire, resv, fill)
         except _Retry:
             k.check_open()
         except _NeedMemory:
@@ -104,7 +106,7 @@ def _alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None) -> V
 
 
 def _fault(k: Kernel, vmap: VMMap, va: int, access: int, wire: bool,
-           resv: Reservation | None) -> VMPage | None:
+           resv: Reservation | None, fill: bool) -> VMPage | None:
     vmap, e = resolve(vmap, va)
     if e is None:
         if stack_growth(vmap, va) is not None:
@@ -121,7 +123,7 @@ def _fault(k: Kernel, vmap: VMMap, va: int, access: int, wire: bool,
     # mprotect+write cannot leave the wiring on a page the chain hides
     # (what vm_fault_copy_entry does when mprotect adds write).
     write = bool(access & PROT_WRITE) or (wire and bool(e.max_prot & PROT_WRITE))
-    if (write or wire) and (e.needs_copy or e.obj is None) and not (resv and resv.frames):
+    if (write or wire or fill) and (e.needs_copy or e.obj is None) and not (resv and resv.frames):
         # Wait for the frames this fault will need (a page-in and the copy)
         # before shadowing or creating an object: a fault that runs out of
         # memory must change nothing.
@@ -139,7 +141,7 @@ def _fault(k: Kernel, vmap: VMMap, va: int, access: int, wire: bool,
             e.set_object(vm_object.shadow(k, e.obj, e.offset >> PAGE_SHIFT, e.npages), 0)
             e.needs_copy = False
     if e.obj is None:
-        if not write and not wire:
+        if not write and not wire and not fill:
             return None
         if not pool_room(k, objects=1):
             raise _NeedMemory
@@ -149,7 +151,7 @@ def _fault(k: Kernel, vmap: VMMap, va: int, access: int, wire: bool,
             e.set_object(vm_object.allocate(k, e.npages), 0)
 
     assert e.obj is not None
-    page = fault_object(k, e.obj, e.pindex(va), write, wire, e.advice, resv)
+    page = fault_object(k, e.obj, e.pindex(va), write, wire, e.advice, resv, fill)
     if page is None:
         return None
     top = e.obj
@@ -174,11 +176,13 @@ def _fault(k: Kernel, vmap: VMMap, va: int, access: int, wire: bool,
 
 
 def fault_object(k: Kernel, top: VMObject, pindex: int, write: bool, alloc: bool = False,
-                 advice: int = MADV_NORMAL, resv: Reservation | None = None) -> VMPage | None:
+                 advice: int = MADV_NORMAL, resv: Reservation | None = None,
+                 fill: bool = False) -> VMPage | None:
     """The object half of a fault: the page for `pindex` of `top`'s chain —
     copied into `top` for a write (COW), paged in from swap, or zero-filled
-    into `top` for a write or when `alloc`; None for a read of a page no
-    object has.  Raises _Retry after sleeping (busy page, page-in) and
+    into `top` for a write or when `alloc` or `fill` (`fill`: clean, since
+    a zero page can be made again); None for a read of a page no object
+    has.  Raises _Retry after sleeping (busy page, page-in) and
     _NeedMemory; requires the kernel lock."""
     o, pi, page, slot = vm_object.lookup(top, pindex)
     if page is not None and page.busy:
@@ -190,10 +194,11 @@ def fault_object(k: Kernel, top: VMObject, pindex: int, write: bool, alloc: bool
         pagein(k, o, pi, slot, advice, resv)
         raise _Retry
     if page is None:
-        if not write and not alloc:
+        if not write and not alloc and not fill:
             return None
         page = _alloc(k, top, pindex, resv)
         hypercall.page_zero(page.addr)
+        page.dirty = write or not fill
         k.uvmexp.zerofills += 1
     elif page.obj is not top and write:
         src = page

@@ -346,8 +346,7 @@ class Kernel:
         pm = self.physmem
         queued = len(self.queues.active) + len(self.queues.inactive)
         slots = (self.swap.nslots - self.swap.inuse) if self.swap is not None else 0
-        clean = sum(1 for q in (self.queues.active, self.queues.inactive) for p in q
-                    if not p.dirty and p.obj is not None and p.pindex in p.obj.swap)
+        clean = sum(1 for q in (self.queues.active, self.queues.inactive) for p in q if not p.dirty)
         freeable = min(queued, clean + slots) + len(self.uarea_cache) * (USPACE // PAGE_SIZE)
         pool_need = sum(-(-p.inuse // p.perpage) for p in self.pooltab.values())
         pool_pages = sum(p.npages for p in self.pooltab.values())

@@ -302,7 +302,7 @@ class Pagedaemon:
                 continue
             obj = page.obj
             assert obj is not None
-            if not page.dirty and page.pindex in obj.swap:
+            if not page.dirty:  # its swap copy is valid, or it is a zero page a fault makes again
                 page_remove_all(page)
                 page_free(k, page)
                 k.uvmexp.pdfreed += 1

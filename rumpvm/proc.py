@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import errno
 import time
+from array import array
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import coredump, resource, swapper
@@ -54,7 +56,7 @@ from .fault import vm_fault
 from .inspect import MapEntry, ProcStatus, SmapsInfo, entry_record, peek_map, smaps_record
 from .map import SGROWSIZ, STACK_NAME, VMMap, VMMapEntry, stack_range_free
 from .physmem import Reservation, pool_prime, pool_room, reserve, reserve_more
-from .uio import check_access, vm_read, vm_readinto, vm_write
+from .uio import check_access, vm_read, vm_readinto, vm_replay, vm_write
 from .vmspace import Vmspace, vmspace_alloc, vmspace_fork, vmspace_free
 
 if TYPE_CHECKING:
@@ -497,6 +499,32 @@ class Proc:
                 if e.written is None:  # ran out before the first byte (a swap-in)
                     e.written = 0
                 raise
+
+    def replay(self, base: int, accesses: array[int] | Sequence[int]) -> None:
+        """Replay a page-access trace against the mapping at page-aligned
+        `base`: each value is `page << 1 | is_write` for the page at
+        `base + page * PAGE_SIZE` (see uio.vm_replay: writes dirty their
+        page, reads of never-written pages get clean zero pages).  EINVAL
+        for an unaligned base or a negative value; SegmentationFault if the
+        pages are not all mapped readable, or at the first write the
+        mapping refuses."""
+        a = _int("addr", base)
+        if isinstance(accesses, array) and accesses.typecode in "BHILQ":
+            trace = accesses
+        else:
+            try:
+                trace = array("Q", accesses)
+            except OverflowError:
+                raise einval("negative access value") from None
+            except TypeError:
+                raise TypeError("accesses must be an array or a sequence of ints") from None
+        if a < 0 or a & PAGE_MASK:
+            raise einval(f"base {a:#x} is not a page-aligned address")
+        with self.kernel.gate:
+            vmap = self._live()
+            if trace:
+                check_access(vmap, a, ((max(trace) >> 1) + 1) * PAGE_SIZE, PROT_READ)
+                vm_replay(self.kernel, vmap, a, trace)
 
     def peek(self, addr: int, length: int) -> bytes:
         """Side-effect-free read for debuggers and /vm (see inspection API)."""

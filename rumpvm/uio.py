@@ -19,7 +19,7 @@ Lock: the kernel lock, held by the caller.  A fault may drop it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from .constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE
@@ -137,6 +137,36 @@ def vm_write(k: Kernel, vmap: VMMap, addr: int, data: bytes | bytearray | memory
     except OutOfMemory as e:
         e.written = done
         raise
+
+
+def vm_replay(k: Kernel, vmap: VMMap, base: int, accesses: Iterable[int]) -> None:
+    """Replay page accesses, each `page << 1 | is_write`, against the pages
+    at `base + page * PAGE_SIZE`, as the program that made the trace would
+    touch them: a write dirties its page; a read of a never-written page
+    gets a clean zero page (`fill`: as a page of the program's file would,
+    it occupies a frame and is dropped, not written, when evicted).  Stops
+    at the first access that faults (SegmentationFault), like a program.
+    The lab's fault counts come from this loop, one translation lookup per
+    access unless it faults."""
+    rd, wr = vmap.pmap.rd, vmap.pmap.wr
+    touch = k.touch
+    bvpn = base >> PAGE_SHIFT
+    for v in accesses:
+        vpn = bvpn + (v >> 1)
+        if v & 1:
+            page = wr.get(vpn)
+            if page is None:
+                page = vm_fault(k, vmap, vpn << PAGE_SHIFT, PROT_WRITE)
+                assert page is not None
+            page.dirty = True
+        else:
+            page = rd.get(vpn)
+            if page is None:
+                page = vm_fault(k, vmap, vpn << PAGE_SHIFT, PROT_READ, fill=True)
+                assert page is not None
+        page.referenced = True
+        if touch is not None:
+            touch(page)
 
 
 def object_write(k: Kernel, obj: VMObject, offset: int, src: memoryview) -> None:

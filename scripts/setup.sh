@@ -7,8 +7,9 @@
 set -euo pipefail
 
 rumpvm_setup() {
-    # gdb and binutils (readelf): tests/test_coredump.py reads core files back with them.
-    local root pkgs=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv gdb binutils) missing=() p
+    # gdb and binutils (readelf): tests/test_coredump.py reads core files back with them;
+    # valgrind: `rumpvm trace record` runs programs under its lackey tool.
+    local root pkgs=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv gdb binutils valgrind) missing=() p
     root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
     cd "$root"
 
