@@ -42,6 +42,7 @@ block and then fail.
 
 from __future__ import annotations
 
+import ctypes
 import errno as _errno
 import os
 import tempfile
@@ -49,6 +50,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from ._hyper import ffi, lib
 
@@ -153,17 +155,33 @@ def checksum(addr: int, length: int = PAGE_SIZE) -> int:
     return lib.rv_checksum(addr, length)
 
 
-def gather(runs: Sequence[tuple[int, int]]) -> bytes:
-    """Concatenate `(addr, length)` runs into one bytes object; addr 0 is zeros."""
-    total = sum(n for _, n in runs)
-    out = bytearray(total)
-    lib.rv_gather(ffi.from_buffer(out), [a for a, _ in runs], [n for _, n in runs], len(runs))
-    return bytes(out)
+def copy_out(dst: Any, pos: int, pages: Sequence[int], off: int, length: int) -> None:
+    """Copy `length` bytes from the run of pages at addresses `pages`
+    (consecutive in the copy; address 0 reads as zeros), starting `off`
+    bytes into the first, to the buffer `dst` at `pos` (writable, or a
+    fresh `uninit_bytes` object)."""
+    lib.rv_copy_out(ffi.from_buffer(dst) + pos, pages, off, length, PAGE_SIZE)
 
 
-def scatter(data: bytes | bytearray | memoryview, runs: Sequence[tuple[int, int]]) -> None:
-    """Copy `data` into `(addr, length)` runs in order; lengths sum to len(data)."""
-    lib.rv_scatter(ffi.from_buffer(data), [a for a, _ in runs], [n for _, n in runs], len(runs))
+_bytes_from = ctypes.pythonapi.PyBytes_FromStringAndSize
+_bytes_from.restype = ctypes.py_object
+_bytes_from.argtypes = (ctypes.c_char_p, ctypes.c_ssize_t)
+
+
+def uninit_bytes(n: int) -> bytes:
+    """A new bytes object of `n` (>= 2) bytes with undefined contents, for
+    its creator to fill with copy_out before anyone else sees it (the C
+    API's PyBytes_FromStringAndSize(NULL, n)): saves the zeroing and the
+    second copy of bytes(bytearray(n)), whose fresh pages cost host faults."""
+    if n < 2:  # the empty and one-byte objects are shared singletons
+        raise ValueError("uninit_bytes needs n >= 2")
+    return _bytes_from(None, n)  # type: ignore[no-any-return]
+
+
+def copy_in(src: Any, pos: int, pages: Sequence[int], off: int, length: int) -> None:
+    """Copy `length` bytes of the buffer `src` from `pos` into the run of
+    pages at `pages`, starting `off` bytes into the first."""
+    lib.rv_copy_in(ffi.from_buffer(src) + pos, pages, off, length, PAGE_SIZE)
 
 
 class SwapFile:

@@ -3,7 +3,7 @@
 Compiled at `pip install` time through setuptools' `cffi_modules`; the C
 here is the whole of rumpvm's contact with the host: anonymous mmap arenas,
 malloc, swap-file block I/O with iovecs, environment parameters, and the
-page helpers (zero, copy, gather, scatter, checksum) the profile asked for.
+page helpers (zero, copy, copy out of / into page runs, checksum) the profile asked for.
 """
 
 from cffi import FFI
@@ -22,8 +22,8 @@ ffibuilder.cdef(
 
     void rv_page_zero(uintptr_t addr, size_t len);
     void rv_page_copy(uintptr_t dst, uintptr_t src, size_t len);
-    void rv_gather(char *dst, const uintptr_t *src, const size_t *len, size_t n);
-    void rv_scatter(const char *src, const uintptr_t *dst, const size_t *len, size_t n);
+    void rv_copy_out(char *dst, const uintptr_t *pages, size_t off, size_t len, size_t pgsz);
+    void rv_copy_in(const char *src, const uintptr_t *pages, size_t off, size_t len, size_t pgsz);
     uint64_t rv_checksum(uintptr_t addr, size_t len);
 
     int rv_swap_open(const char *path);
@@ -103,22 +103,30 @@ ffibuilder.set_source(
     }
 
     /* Copy n runs into one buffer; a run whose source is 0 reads as zeros. */
-    void rv_gather(char *dst, const uintptr_t *src, const size_t *len, size_t n)
+    /* Copy `len` bytes from a run of pages, starting `off` bytes into the
+       first, to dst (a page address 0 reads as zeros): one call per run
+       instead of a Python slice per page (the multi-page read profile). */
+    void rv_copy_out(char *dst, const uintptr_t *pages, size_t off, size_t len, size_t pgsz)
     {
-        for (size_t i = 0; i < n; i++) {
-            if (src[i])
-                memcpy(dst, (const void *)src[i], len[i]);
+        for (size_t i = 0; len > 0; i++, off = 0) {
+            size_t n = pgsz - off < len ? pgsz - off : len;
+            if (pages[i])
+                memcpy(dst, (const char *)pages[i] + off, n);
             else
-                memset(dst, 0, len[i]);
-            dst += len[i];
+                memset(dst, 0, n);
+            dst += n;
+            len -= n;
         }
     }
 
-    void rv_scatter(const char *src, const uintptr_t *dst, const size_t *len, size_t n)
+    /* The reverse: `len` bytes of src into a run of pages from `off`. */
+    void rv_copy_in(const char *src, const uintptr_t *pages, size_t off, size_t len, size_t pgsz)
     {
-        for (size_t i = 0; i < n; i++) {
-            memcpy((void *)dst[i], src, len[i]);
-            src += len[i];
+        for (size_t i = 0; len > 0; i++, off = 0) {
+            size_t n = pgsz - off < len ? pgsz - off : len;
+            memcpy((char *)pages[i] + off, src, n);
+            src += n;
+            len -= n;
         }
     }
 

@@ -2,9 +2,9 @@
 
 `check_access` validates a whole range against the map before anything is
 copied, so a read or write that may not happen has no effect at all.  The
-copy then walks the range one page at a time (`_walk`): the pmap's
-translation is used when there is one (the fast path), the fault handler is
-called otherwise, and each page is copied while the lock is still held after
+copy then walks the range in runs (`_runs`): a stretch of pages that have
+pmap translations is copied in one C call (the fast path); a page without
+one is faulted in and copied on its own while the lock is still held after
 its fault — so a range of any size makes progress page by page and never
 needs to be resident all at once.  Every access sets the page's referenced
 bit, and writes set its dirty bit, as an MMU would.
@@ -19,8 +19,11 @@ Lock: the kernel lock, held by the caller.  A fault may drop it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from operator import attrgetter
 from typing import TYPE_CHECKING
+
+import hypercall
 
 from .constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE
 from .errors import OutOfMemory, SegmentationFault
@@ -52,74 +55,68 @@ a grow-down stack would grow to count as the stack's."""
         va = e.end
 
 
-def _walk(k: Kernel, vmap: VMMap, addr: int, length: int, write: bool,
-          before_fault: Callable[[], None] | None = None) -> Iterator[tuple[VMPage | None, int, int, int]]:
-    """(page, offset in its frame buffer, position in the range, bytes) for
-    each page of the range, faulted in for the access; page None is a
-    never-written page of a read (zeros).  The consumer copies before
-    asking for the next page: only then may the lock be dropped, and
-    `before_fault` is called first, for views the consumer still holds."""
+_ADDR = attrgetter("addr")
+RUN_PAGES = 256  # translations looked up per batch: bounds the work a fault can waste
+
+
+def _runs(k: Kernel, vmap: VMMap, addr: int, length: int,
+          write: bool) -> Iterator[tuple[list[int], int, int, int]]:
+    """(page addresses, offset in the first page, position in the range,
+    bytes) for each run of the range: the longest stretch of pages that
+    already have translations (looked up in one C-speed pass), or else one
+    page faulted in for the access (address 0: a never-written page of a
+    read, zeros).  The consumer copies a run before asking for the next:
+    only then may a fault drop the lock."""
     trans = vmap.pmap.wr if write else vmap.pmap.rd
+    get = trans.get
     access = PROT_WRITE if write else PROT_READ
     touch = k.touch
+    end = addr + length
+    last = (end - 1) >> PAGE_SHIFT
     pos = 0
     while pos < length:
         va = addr + pos
-        off = va & PAGE_MASK
-        n = min(PAGE_SIZE - off, length - pos)
-        page = trans.get(va >> PAGE_SHIFT)
-        if page is None:
-            if before_fault is not None:
-                before_fault()
-            page = vm_fault(k, vmap, va, access)
-        if page is not None:
-            page.referenced = True
-            if write:
-                page.dirty = True
-            if touch is not None:
-                touch(page)
-            yield page, page.off + off, pos, n
-        else:
-            yield None, 0, pos, n
+        vpn = va >> PAGE_SHIFT
+        pages: list[VMPage | None] = list(map(get, range(vpn, min(last + 1, vpn + RUN_PAGES))))
+        if pages[0] is None:
+            pages = [vm_fault(k, vmap, va, access)]
+        elif None in pages:
+            del pages[pages.index(None):]
+        n = min(length - pos, (len(pages) << PAGE_SHIFT) - (va & PAGE_MASK))
+        addrs = [0]  # a never-written page of a read: zeros
+        if pages[0] is not None:
+            for page in pages:
+                assert page is not None
+                page.referenced = True
+                if write:
+                    page.dirty = True
+                if touch is not None:
+                    touch(page)
+            addrs = list(map(_ADDR, pages))
+        yield addrs, va & PAGE_MASK, pos, n
         pos += n
 
 
-_ZEROS = memoryview(bytes(PAGE_SIZE))
-
-
 def vm_read(k: Kernel, vmap: VMMap, addr: int, length: int) -> bytes:
-    """The bytes of [addr, addr+length): views of the pages are joined
-    into the result (one copy); before a fault, which may drop the lock
-    and so invalidate views, those taken so far are joined into a chunk."""
-    check_access(vmap, addr, length, PROT_READ)
-    chunks: list[bytes] = []
-    views: list[memoryview] = []
-
-    def materialise() -> None:
-        if views:
-            chunks.append(b"".join(views))
-            views.clear()
-
+    """The bytes of [addr, addr+length), filled in place (one copy)."""
+    if length < 2:
+        small = bytearray(length)
+        vm_readinto(k, vmap, addr, small)
+        return bytes(small)
     try:
-        for page, o, _, n in _walk(k, vmap, addr, length, False, materialise):
-            views.append(_ZEROS[:n] if page is None else page.buf[o:o + n])
-        if not chunks:
-            return b"".join(views)
-        materialise()
-        return b"".join(chunks)
+        out = hypercall.uninit_bytes(length)
     except MemoryError:
         raise OutOfMemory(f"no host memory for a {length}-byte read") from None
+    vm_readinto(k, vmap, addr, out)
+    return out
 
 
-def vm_readinto(k: Kernel, vmap: VMMap, addr: int, dst: memoryview) -> None:
-    """Copy [addr, addr+len(dst)) into the byte buffer `dst`."""
-    length = len(dst)
-    check_access(vmap, addr, length, PROT_READ)
-    for page, o, pos, n in _walk(k, vmap, addr, length, False):
-        if page is None:
-            dst[pos:pos + n] = _ZEROS[:n]
-        else:
-            dst[pos:pos + n] = page.buf[o:o + n]
+def vm_readinto(k: Kernel, vmap: VMMap, addr: int, dst: memoryview | bytearray | bytes) -> None:
+    """Copy [addr, addr+len(dst)) into the byte buffer `dst`, one C call
+    per run of pages."""
+    check_access(vmap, addr, len(dst), PROT_READ)
+    for addrs, off, pos, n in _runs(k, vmap, addr, len(dst), False):
+        hypercall.copy_out(dst, pos, addrs, off, n)
 
 
 def vm_write(k: Kernel, vmap: VMMap, addr: int, data: bytes | bytearray | memoryview) -> None:
@@ -130,9 +127,8 @@ def vm_write(k: Kernel, vmap: VMMap, addr: int, data: bytes | bytearray | memory
     check_access(vmap, addr, length, PROT_WRITE)
     done = 0
     try:
-        for page, o, pos, n in _walk(k, vmap, addr, length, True):
-            assert page is not None
-            page.buf[o:o + n] = src[pos:pos + n]
+        for addrs, off, pos, n in _runs(k, vmap, addr, length, True):
+            hypercall.copy_in(src, pos, addrs, off, n)
             done = pos + n
     except OutOfMemory as e:
         e.written = done

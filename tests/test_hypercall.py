@@ -41,7 +41,10 @@ def test_anonmmap_aligned_and_zeroed(alignbit):
         assert bytes(a.buf) == bytes(size)
         a.buf[:5] = b"hello"
         a.buf[-1:] = b"!"
-        assert hc.gather([(a.addr, 5), (a.addr + size - 1, 1)]) == b"hello!"
+        out = bytearray(6)
+        hc.copy_out(out, 0, [a.addr], 0, 5)
+        hc.copy_out(out, 5, [a.addr + size - PAGE_SIZE], PAGE_SIZE - 1, 1)
+        assert out == b"hello!"
     finally:
         hc.unmap(a)
 
@@ -64,8 +67,10 @@ def test_anonmmap_bad_size_is_einval(size):
 def test_malloc_free():
     b = hc.malloc(100, 64)
     assert b.addr % 64 == 0 and b.size == 100
-    hc.scatter(b"x" * 100, [(b.addr, 100)])
-    assert hc.gather([(b.addr, 100)]) == b"x" * 100
+    hc.copy_in(b"x" * 100, 0, [b.addr], 0, 100)
+    out = bytearray(100)
+    hc.copy_out(out, 0, [b.addr], 0, 100)
+    assert out == b"x" * 100
     hc.free(b)
     hc.free(b)  # a second free is a no-op
 
@@ -118,9 +123,10 @@ def test_write_read_pages_roundtrip(arena):
         dst = hc.anonmmap(4 * PAGE_SIZE)
         try:
             sw.read_pages(off, [page_addr(dst, i) for i in (3, 2, 1, 0)])  # scattered back
-            assert hc.gather([(page_addr(dst, i), PAGE_SIZE) for i in (3, 2, 1, 0)]) == hc.gather(
-                [(a, PAGE_SIZE) for a in src]
-            )
+            back, want = bytearray(4 * PAGE_SIZE), bytearray(4 * PAGE_SIZE)
+            hc.copy_out(back, 0, [page_addr(dst, i) for i in (3, 2, 1, 0)], 0, 4 * PAGE_SIZE)
+            hc.copy_out(want, 0, src, 0, 4 * PAGE_SIZE)
+            assert back == want
         finally:
             hc.unmap(dst)
     finally:
@@ -141,12 +147,20 @@ def test_read_past_end_fails(arena):
         sw.close()
 
 
-def test_gather_scatter(arena):
-    assert hc.gather([]) == b""
-    hc.scatter(b"", [])
-    hc.scatter(b"abcdef", [(page_addr(arena, 1), 2), (page_addr(arena, 4), 0), (page_addr(arena, 6), 4)])
-    assert hc.gather([(page_addr(arena, 6), 4), (0, 3), (page_addr(arena, 1), 2)]) == b"cdef\0\0\0ab"
-    assert bytes(arena.buf[PAGE_SIZE : PAGE_SIZE + 3]) == b"ab\0"
+def test_copy_out_and_in_across_pages(arena):
+    out = bytearray(b"?" * 10)
+    hc.copy_out(out, 3, [], 0, 0)  # nothing to copy: nothing touched
+    hc.copy_in(b"", 0, [], 0, 0)
+    assert out == b"?" * 10
+    # 6 bytes written across the end of page 1 into page 6 (a page run need not be contiguous)
+    hc.copy_in(b"xxabcdef", 2, [page_addr(arena, 1), page_addr(arena, 6)], PAGE_SIZE - 2, 6)
+    assert bytes(arena.buf[2 * PAGE_SIZE - 2:2 * PAGE_SIZE]) == b"ab"
+    assert bytes(arena.buf[6 * PAGE_SIZE:6 * PAGE_SIZE + 5]) == b"cdef\0"
+    # read back across a zero page (address 0): ab, a page of zeros, cdef
+    back = bytearray(b"?" * (PAGE_SIZE + 8))
+    hc.copy_out(back, 1, [page_addr(arena, 1), 0, page_addr(arena, 6)], PAGE_SIZE - 2, PAGE_SIZE + 6)
+    assert back[:3] == b"?ab" and back[3:PAGE_SIZE + 3] == bytes(PAGE_SIZE)
+    assert back[PAGE_SIZE + 3:] == b"cdef?"
 
 
 def test_page_zero_and_copy(arena):
