@@ -12,6 +12,7 @@ Returns a list of violated invariants, empty when all hold:
   match backing pointers; pages keyed by their own pindex;
 - pages and frames: every frame is exactly one of free, a page, or a pool
   frame; every pageable page is on exactly one queue; wired counts match;
+  a policy that tracks pages (2q, sieve, ...) tracks exactly the queued ones;
 - swap: slots in use = slots referenced by objects, no slot twice;
 - clean pages: a clean page's contents equal its swap copy (checksum), or
   are zeros when it has no slot (a `fill` page a fault makes again): a page
@@ -179,6 +180,9 @@ def check_kernel(k: Kernel) -> list[str]:
         errs.append(f"queues.wired {k.queues.wired} != {wired_pages}")
     if len(k.queues.active) + len(k.queues.inactive) > sum(len(o.pages) for o in k.objtab.values()):
         errs.append("queued pages that belong to no object")
+    policy = k.queues.policy
+    if policy is not None:  # a policy that tracks pages: its own structures agree with the queues
+        errs.extend(policy.errors(k.queues))
     for page in k.io_pages:
         if not page.busy:
             errs.append(f"{page}: in the I/O set but not busy")

@@ -146,7 +146,8 @@ class Kernel:
 
     def __init__(self, memlimit: int | str | None = None, swap: int | str = 0,
                  swapfile: str | None = None, policy: str = "clock",
-                 oom_timeout: float = 3.0, wired_limit: int | str | None = None) -> None:
+                 oom_timeout: float = 3.0, wired_limit: int | str | None = None,
+                 policy_seed: int | None = None) -> None:
         if memlimit is None:
             env = hypercall.getparam("RUMP_MEMLIMIT")
             limit = _parse_memlimit(env, "RUMP_MEMLIMIT") if env is not None else None
@@ -205,6 +206,7 @@ class Kernel:
         self.mounts: list[Any] = []
         self.pooltab = {name: Pool(name, size, self.physmem)
                       for name, size in (("vm_map_entry", 128), ("vm_object", 256))}
+        self.policy_seed = policy_seed  # seeds the policies the pagedaemon makes (random)
         self.pagedaemon = Pagedaemon(self, policy)
         self.pagedaemon.reclaimers.append(self._drain_pools)
         self.uarea_cache: list[int] = []

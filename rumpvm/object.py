@@ -230,6 +230,9 @@ def collapse(k: Kernel, obj: VMObject) -> None:
                 page.obj = obj
                 page.pindex = new
                 obj.pages[new] = page
+                slot = b.swap.pop(pindex, None)
+                if slot is not None:  # a clean page's swap copy moves with it
+                    obj.swap[new] = slot
             else:
                 page_remove_all(page)
                 page_free(k, page)

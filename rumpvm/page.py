@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .object import VMObject
     from .pmap import Pmap
+    from .policy import Policy
 
 ACTIVE = 1
 INACTIVE = 2
@@ -68,17 +69,32 @@ class VMPage:
 
 
 class PageQueues:
-    """The active and inactive queues (heads are the oldest pages)."""
+    """The active and inactive queues (heads are the oldest pages).
+
+    `policy`, when set, is the replacement policy that keeps state of its
+    own: it hears `inserted(page)` when a page becomes pageable (enqueued
+    from no queue: allocated, unwired, back from a failed pageout) and
+    `removed(page)` when it stops being pageable (freed, wired, made busy
+    for pageout).  A move between the two queues is not an event.  Hooks
+    run under the kernel lock and must not touch the queues."""
 
     def __init__(self) -> None:
         self.active: OrderedDict[VMPage, None] = OrderedDict()
         self.inactive: OrderedDict[VMPage, None] = OrderedDict()
         self.wired = 0  # pages with wire_count > 0
+        self.policy: Policy | None = None
 
     def enqueue(self, page: VMPage, queue: int) -> None:
-        self.dequeue(page)
+        """Put a page at the tail of `queue` (moving it if it is on one)."""
+        old = page.queue
+        if old == ACTIVE:
+            del self.active[page]
+        elif old == INACTIVE:
+            del self.inactive[page]
         (self.active if queue == ACTIVE else self.inactive)[page] = None
         page.queue = queue
+        if not old and self.policy is not None:
+            self.policy.inserted(page)
 
     def deactivate_first(self, page: VMPage) -> None:
         """Put a page at the head of the inactive queue: the next victim."""
@@ -86,19 +102,27 @@ class PageQueues:
         self.inactive.move_to_end(page, last=False)
 
     def dequeue(self, page: VMPage) -> None:
-        if page.queue == ACTIVE:
+        """Take a page off its queue, if it is on one."""
+        old = page.queue
+        if old == ACTIVE:
             del self.active[page]
-        elif page.queue == INACTIVE:
+        elif old == INACTIVE:
             del self.inactive[page]
+        else:
+            return
         page.queue = 0
+        if self.policy is not None:
+            self.policy.removed(page)
 
     def wire(self, page: VMPage) -> None:
+        """Count a wiring; the first takes the page off the queues."""
         if page.wire_count == 0:
             self.dequeue(page)
             self.wired += 1
         page.wire_count += 1
 
     def unwire(self, page: VMPage) -> None:
+        """Drop a wiring; the last puts the page on the active queue."""
         page.wire_count -= 1
         if page.wire_count == 0:
             self.wired -= 1

@@ -91,20 +91,34 @@ class Pagedaemon:
 
     # -- knobs ----------------------------------------------------------------
 
-    @staticmethod
-    def _make_policy(name: object) -> Policy:
-        if not isinstance(name, str) or name.strip() not in POLICIES:
-            raise VMError(errno.EINVAL, f"unknown policy {name!r}; one of {', '.join(POLICIES)}")
-        return POLICIES[name.strip()]()
+    def _make_policy(self, spec: object) -> Policy:
+        """The policy `spec` names (a registered name; blanks around it are
+        ignored), seeded with the kernel's `policy_seed`, or `spec` itself
+        if it is a Policy instance (say `WSClock(tau=64)`) — installed: it
+        hears the page queues' events from now on.  VMError(EINVAL) for
+        anything else, TypeError for a bad seed; nothing changes then."""
+        seed = self.k.policy_seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"policy_seed must be an int or None, not {type(seed).__name__}")
+        if isinstance(spec, Policy):
+            policy = spec
+        elif isinstance(spec, str) and spec.strip() in POLICIES:
+            policy = POLICIES[spec.strip()](seed=seed)
+        else:
+            raise VMError(errno.EINVAL, f"unknown policy {spec!r}; one of {', '.join(POLICIES)}")
+        policy.install(self.k)
+        return policy
 
     @property
     def policy(self) -> str:
+        """The name of the policy in force."""
         return self._policy.name
 
     @policy.setter
-    def policy(self, name: str) -> None:
+    def policy(self, spec: str | Policy) -> None:
+        """Switch policies at once (a name, or a Policy not yet installed)."""
         with self.k.gate:
-            self._policy = self._make_policy(name)
+            self._policy = self._make_policy(spec)
             self.k.touch = self._policy.touch_hook(self.k.queues)
 
     def set_knobs(self, freemin: int | None = None, freetarg: int | None = None) -> None:

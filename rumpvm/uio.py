@@ -99,24 +99,42 @@ def _runs(k: Kernel, vmap: VMMap, addr: int, length: int,
 
 def vm_read(k: Kernel, vmap: VMMap, addr: int, length: int) -> bytes:
     """The bytes of [addr, addr+length), filled in place (one copy)."""
+    check_access(vmap, addr, length, PROT_READ)
     if length < 2:
         small = bytearray(length)
-        vm_readinto(k, vmap, addr, small)
+        _copy_out(k, vmap, addr, small)
         return bytes(small)
     try:
         out = hypercall.uninit_bytes(length)
     except MemoryError:
         raise OutOfMemory(f"no host memory for a {length}-byte read") from None
-    vm_readinto(k, vmap, addr, out)
+    try:
+        _copy_out(k, vmap, addr, out)
+    except OutOfMemory as e:
+        e.written = None  # nothing was returned: no short read to report
+        raise
     return out
 
 
-def vm_readinto(k: Kernel, vmap: VMMap, addr: int, dst: memoryview | bytearray | bytes) -> None:
-    """Copy [addr, addr+len(dst)) into the byte buffer `dst`, one C call
-    per run of pages."""
+def vm_readinto(k: Kernel, vmap: VMMap, addr: int, dst: memoryview | bytearray) -> None:
+    """Copy [addr, addr+len(dst)) into the byte buffer `dst`; OutOfMemory
+    part-way (a page-in found no frame) carries `.written`, the bytes
+    copied from the start."""
     check_access(vmap, addr, len(dst), PROT_READ)
-    for addrs, off, pos, n in _runs(k, vmap, addr, len(dst), False):
-        hypercall.copy_out(dst, pos, addrs, off, n)
+    _copy_out(k, vmap, addr, dst)
+
+
+def _copy_out(k: Kernel, vmap: VMMap, addr: int, dst: memoryview | bytearray | bytes) -> None:
+    """Copy the checked range into `dst`, one C call per run of pages;
+    OutOfMemory part-way carries the bytes copied in `.written`."""
+    done = 0
+    try:
+        for addrs, off, pos, n in _runs(k, vmap, addr, len(dst), False):
+            hypercall.copy_out(dst, pos, addrs, off, n)
+            done = pos + n
+    except OutOfMemory as e:
+        e.written = done
+        raise
 
 
 def vm_write(k: Kernel, vmap: VMMap, addr: int, data: bytes | bytearray | memoryview) -> None:

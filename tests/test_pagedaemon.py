@@ -16,11 +16,12 @@ import pytest
 from pages import bad_pages, fill, pattern, settle
 
 import rumpvm
+import rumpvm.policy
 from rumpvm import PAGE_SIZE, VMError
 from rumpvm.check import check_kernel
 
 M = 1 << 20
-POLICIES = ("clock", "lru", "fifo", "random")
+POLICIES = tuple(rumpvm.policy.POLICIES)
 
 
 class Sampler:

@@ -927,3 +927,28 @@ def test_x1_fork_when_uarea_cache_empties_while_it_waits():
             assert bad_pages(result["child"], a, w, 21) == []
         assert bad_pages(p, a, w, 21) == []
         k.check()
+
+
+def test_x2_collapse_keeps_the_swap_copy_of_a_clean_page():
+    """A clean page (paged in, its swap copy valid) of a backing object that
+    collapses into its shadow must keep its slot: a clean page without one
+    is taken for a zero page and dropped, not written, when evicted."""
+    with rumpvm.Kernel(swap=8 * M) as k:
+        p = k.spawn()
+        n = 512  # 2 MiB
+        a = p.mmap(n * P)
+        fill(p, a, n, 31)
+        k.memlimit = 1 * M  # most pages of the region go to swap...
+        settle(k)
+        k.memlimit = "unlimited"
+        assert bad_pages(p, a, n, 31) == []  # ...and come back clean, slots kept
+        c = p.fork()
+        p.write(a, pattern(32, 0))  # the parent's shadow; the child keeps the backing alive
+        c.exit()  # the backing collapses into the parent's shadow
+        k.check()
+        k.memlimit = 1 * M  # evict again: clean pages are dropped, their copies read back
+        settle(k)
+        k.memlimit = "unlimited"
+        assert p.read(a, P) == pattern(32, 0)
+        assert [i for i in range(1, n) if p.read(a + i * P, P) != pattern(31, i)] == []
+        k.check()
