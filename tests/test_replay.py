@@ -25,7 +25,7 @@ def test_reads_fill_clean_pages_and_writes_dirty_them() -> None:
         assert s["zerofills"] - before["zerofills"] == 3  # pages 0, 1, 2: one fault each
         assert p.read(base, PAGE_SIZE) == bytes(PAGE_SIZE)
         k.check()
-        smaps = [m for m in p.smaps() if m.entry.start == base][0]
+        smaps = next(m for m in p.smaps() if m.entry.start == base)
         assert smaps.rss == 3 * PAGE_SIZE
         assert smaps.private_dirty == PAGE_SIZE  # only the written page
 
