@@ -50,7 +50,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from ._hyper import ffi, lib
 
@@ -175,7 +175,7 @@ def uninit_bytes(n: int) -> bytes:
     second copy of bytes(bytearray(n)), whose fresh pages cost host faults."""
     if n < 2:  # the empty and one-byte objects are shared singletons
         raise ValueError("uninit_bytes needs n >= 2")
-    return _bytes_from(None, n)  # type: ignore[no-any-return]
+    return cast(bytes, _bytes_from(None, n))
 
 
 def copy_in(src: Any, pos: int, pages: Sequence[int], off: int, length: int) -> None:
