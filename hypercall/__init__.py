@@ -47,6 +47,7 @@ import errno as _errno
 import os
 import tempfile
 import threading
+from array import array
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -184,6 +185,10 @@ def copy_in(src: Any, pos: int, pages: Sequence[int], off: int, length: int) -> 
     lib.rv_copy_in(ffi.from_buffer(src) + pos, pages, off, length, PAGE_SIZE)
 
 
+def _sums_ptr(sums: array[int] | None) -> Any:
+    return ffi.NULL if sums is None else ffi.from_buffer("uint64_t[]", sums, require_writable=True)
+
+
 class SwapFile:
     """A swap file of `size` bytes: page-run I/O at byte offsets.
 
@@ -216,18 +221,23 @@ class SwapFile:
             self.close()
             raise err
 
-    def write_pages(self, offset: int, addrs: Sequence[int], pgsz: int = PAGE_SIZE) -> None:
-        """Write the pages at `addrs` contiguously at `offset` (one pwritev)."""
+    def write_pages(self, offset: int, addrs: Sequence[int], pgsz: int = PAGE_SIZE,
+                    sums: array[int] | None = None) -> None:
+        """Write the pages at `addrs` contiguously at `offset` (one pwritev);
+        with `sums` (an array('Q') of len(addrs)), store their checksums
+        there first, in the same C call."""
         if faults:
             _inject_pages(self.fd, "write", offset, addrs, pgsz)
-        if lib.rv_pwrite_pages(self.fd, addrs, len(addrs), pgsz, offset) < 0:
+        if lib.rv_pwrite_pages(self.fd, addrs, len(addrs), pgsz, offset, _sums_ptr(sums)) < 0:
             raise _oserror(f"swap write at {offset:#x}")
 
-    def read_pages(self, offset: int, addrs: Sequence[int], pgsz: int = PAGE_SIZE) -> None:
-        """Read contiguous pages at `offset` into the pages at `addrs`."""
+    def read_pages(self, offset: int, addrs: Sequence[int], pgsz: int = PAGE_SIZE,
+                   sums: array[int] | None = None) -> None:
+        """Read contiguous pages at `offset` into the pages at `addrs`; with
+        `sums`, store the checksums of what was read there."""
         if faults:
             _inject_pages(self.fd, "read", offset, addrs, pgsz)
-        if lib.rv_pread_pages(self.fd, addrs, len(addrs), pgsz, offset) < 0:
+        if lib.rv_pread_pages(self.fd, addrs, len(addrs), pgsz, offset, _sums_ptr(sums)) < 0:
             raise _oserror(f"swap read at {offset:#x}")
 
     def read(self, offset: int, length: int) -> bytes:
@@ -366,7 +376,7 @@ def _inject_pages(fd: int, op: str, offset: int, addrs: Sequence[int], pgsz: int
     if f.point.endswith("_short"):
         part, size = (addrs[:len(addrs) // 2], pgsz) if len(addrs) > 1 else (addrs, pgsz // 2)
         fn = lib.rv_pwrite_pages if op == "write" else lib.rv_pread_pages
-        if fn(fd, part, len(part), size, offset) < 0:
+        if fn(fd, part, len(part), size, offset, ffi.NULL) < 0:
             raise _oserror(f"swap {op} at {offset:#x}")
         raise OSError(_errno.EIO, f"short swap {op} at {offset:#x} (injected)")
     raise OSError(f.errno, f"swap {op} at {offset:#x}: {os.strerror(f.errno)} (injected)")

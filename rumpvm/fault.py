@@ -211,7 +211,48 @@ def fault_object(k: Kernel, top: VMObject, pindex: int, write: bool, alloc: bool
     return page
 
 
+def fault_ahead(k: Kernel, vmap: VMMap, va: int, count: int, write: bool) -> None:
+    """After a fault at `va`, give up to `count` following pages of its
+    entry translations without a fault each (vm_fault_prefault): a resident
+    page of the chain is entered as the fault would enter it; for a write,
+    an absent page of an object with no backing (nothing below can hold
+    it) is zero-filled while memory is plentiful — the write that asked
+    will cover it.  Stops at the first page that would need more (a swap
+    slot, copy-on-write, a busy page, a memory wait).  Lock held; never
+    sleeps."""
+    m, e = resolve(vmap, va)
+    if m is not vmap or e is None or e.obj is None or not e.prot & PROT_READ:
+        return
+    top = e.obj
+    rd, wr = vmap.pmap.rd, vmap.pmap.wr
+    writable = bool(e.prot & PROT_WRITE) and not e.needs_copy
+    if write and not writable:
+        return
+    # Zero-fill only above the daemon's wake-up point: that one is left to faults.
+    budget = min(k.physmem.avail_pages(), count) - k.pagedaemon.freemin - 1 if write and top.backing is None else 0
+    vpn = va >> PAGE_SHIFT
+    pindex = e.pindex(va)
+    for v in range(vpn + 1, min(vpn + 1 + count, e.end >> PAGE_SHIFT)):
+        pindex += 1
+        if v in (wr if write else rd):
+            continue
+        o, _, page, slot = vm_object.lookup(top, pindex)
+        if page is None:
+            if budget <= 0 or slot is not None:
+                return
+            page = page_alloc(k, top, pindex)
+            if page is None:
+                return
+            budget -= 1
+            hypercall.page_zero(page.addr)
+            k.uvmexp.zerofills += 1
+        elif page.busy or page.fake or (write and o is not top):
+            return
+        vmap.pmap.enter(v, page, writable and page.obj is top)
+
+
 READAHEAD = {MADV_NORMAL: 7, MADV_SEQUENTIAL: 15, MADV_RANDOM: 0}  # pages after the faulting one
+READAHEAD_MAX = 63  # the window a long sequential run grows to (one 64-page preadv)
 
 
 def pagein(k: Kernel, obj: VMObject, pindex: int, slot: int, advice: int = MADV_NORMAL,
@@ -224,8 +265,13 @@ def pagein(k: Kernel, obj: VMObject, pindex: int, slot: int, advice: int = MADV_
     page is just dropped."""
     pages = [_alloc(k, obj, pindex, resv)]
     # Read ahead only for a sequential pattern (the previous page-in of this
-    # object was just before), as vm_fault's sequential heuristic does.
-    ahead = READAHEAD.get(advice, 7) if advice == MADV_SEQUENTIAL or obj.last_pagein == pindex - 1 else 0
+    # object was just before), as vm_fault's sequential heuristic does; the
+    # window doubles while the pattern lasts, up to READAHEAD_MAX.
+    if advice != MADV_RANDOM and (advice == MADV_SEQUENTIAL or obj.last_pagein == pindex - 1):
+        obj.readahead = min(max(2 * obj.readahead + 1, READAHEAD.get(advice, 7)), READAHEAD_MAX)
+    else:
+        obj.readahead = 0
+    ahead = obj.readahead
     for n in range(1, ahead + 1):
         pi = pindex + n
         if (pi >= obj.size or obj.swap.get(pi) != slot + n or pi in obj.pages
@@ -248,6 +294,8 @@ def pagein(k: Kernel, obj: VMObject, pindex: int, slot: int, advice: int = MADV_
             good = k.swap.read_run(slot, [p.addr for p in pages])
         except VMError as ex:
             err = ex
+        except Exception as ex:  # a bug must not leave the pages busy forever
+            err = VMError(errno.EIO, f"swap read at slot {slot}: {ex!r}")
     obj.pip -= len(pages)
     k.io_pages.difference_update(pages)
     for n, page in enumerate(pages):

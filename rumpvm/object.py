@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 
 class VMObject:
     __slots__ = ("id", "type", "size", "ref_count", "handles", "pages", "swap", "mappings",
-                 "backing", "backing_offset", "shadows", "pip", "dead", "kernel", "last_pagein")
+                 "backing", "backing_offset", "shadows", "pip", "dead", "kernel", "last_pagein",
+                 "readahead")
 
     def __init__(self, kernel: Kernel, oid: int, size: int, type_: str = "anon") -> None:
         self.kernel = kernel
@@ -59,6 +60,7 @@ class VMObject:
         self.pip = 0
         self.dead = False
         self.last_pagein = -2  # pindex of the last page-in (read-ahead heuristic)
+        self.readahead = 0  # its read-ahead window: grows while page-ins stay sequential
 
     def __repr__(self) -> str:
         return f"<VMObject {self.id} {self.type} size={self.size} refs={self.ref_count}>"

@@ -384,6 +384,9 @@ class Pagedaemon:
                 swap.write(first, [p.addr for p, _ in run])
             except VMError as ex:
                 err = ex
+            except Exception as ex:  # a bug must not strand busy pages and in-flight slots
+                log.exception("swap write raised")
+                err = VMError(errno.EIO, f"swap write at slot {first}: {ex!r}")
         self.inflight.difference_update(range(first, first + len(run)))
         for n, (page, obj) in enumerate(run):
             if err is not None or page.obj is not obj:

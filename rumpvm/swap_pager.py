@@ -71,10 +71,10 @@ class SwapPager:
     def write(self, first: int, addrs: Sequence[int]) -> None:
         """Record checksums and write pages to consecutive slots (lock dropped
         by the caller; the pages are busy)."""
-        for i, addr in enumerate(addrs):
-            self.sums[first + i] = hypercall.checksum(addr)
+        sums = array("Q", bytes(8 * len(addrs)))
         try:
-            self.file.write_pages(first * PAGE_SIZE, addrs)
+            self.file.write_pages(first * PAGE_SIZE, addrs, sums=sums)
+            self.sums[first:first + len(addrs)] = sums
         except OSError as e:
             raise VMError(errno.EIO, f"swap write at slot {first}: {e.strerror or e}") from None
 
@@ -84,13 +84,18 @@ class SwapPager:
         several fails, the first page is read alone and the others count as
         bad: a read-ahead slot that cannot be read (past the end of a
         truncated file) must not make the page that was asked for fail."""
+        n = len(addrs)
+        sums = array("Q", bytes(8 * n))
         try:
-            self.file.read_pages(first * PAGE_SIZE, addrs)
+            self.file.read_pages(first * PAGE_SIZE, addrs, sums=sums)
         except OSError as e:
-            if len(addrs) > 1:
-                return self.read_run(first, addrs[:1]) + [False] * (len(addrs) - 1)
+            if n > 1:
+                return self.read_run(first, addrs[:1]) + [False] * (n - 1)
             raise VMError(errno.EIO, f"swap read at slot {first}: {e.strerror or e}") from None
-        return [hypercall.checksum(a) == self.sums[first + i] for i, a in enumerate(addrs)]
+        want = self.sums[first:first + n]
+        if sums == want:
+            return [True] * n
+        return [a == b for a, b in zip(sums, want)]
 
     def peek(self, slot: int) -> bytes:
         """A slot's contents as bytes, verified, without touching any page."""

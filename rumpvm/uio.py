@@ -27,7 +27,7 @@ import hypercall
 
 from .constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE
 from .errors import OutOfMemory, SegmentationFault
-from .fault import object_fault, resolve, vm_fault
+from .fault import fault_ahead, object_fault, resolve, vm_fault
 from .map import stack_growth
 
 if TYPE_CHECKING:
@@ -77,11 +77,16 @@ def _runs(k: Kernel, vmap: VMMap, addr: int, length: int,
     while pos < length:
         va = addr + pos
         vpn = va >> PAGE_SHIFT
-        pages: list[VMPage | None] = list(map(get, range(vpn, min(last + 1, vpn + RUN_PAGES))))
-        if pages[0] is None:
-            pages = [vm_fault(k, vmap, va, access)]
-        elif None in pages:
-            del pages[pages.index(None):]
+        pages: list[VMPage | None]
+        if get(vpn) is None:
+            first = vm_fault(k, vmap, va, access)
+            if first is not None and vpn < last:
+                fault_ahead(k, vmap, va, min(last - vpn, RUN_PAGES - 1), write)
+            pages = [first]
+        else:
+            pages = list(map(get, range(vpn, min(last + 1, vpn + RUN_PAGES))))
+            if None in pages:
+                del pages[pages.index(None):]
         n = min(length - pos, (len(pages) << PAGE_SHIFT) - (va & PAGE_MASK))
         addrs = [0]  # a never-written page of a read: zeros
         if pages[0] is not None:
