@@ -1,90 +1,56 @@
-"""The benchmark harness: `python -m bench [--quick] [--only NAME] [--json PATH]`.
+"""The benchmark harness: `python -m bench [--quick | --tiny] [--only NAME] [--json PATH]`.
 
-Imports every `bench/bench_*.py` module, calls its `run(quick)` and prints
-one aligned line per figure: figure, value and unit, baseline name and
-value, ratio, target, and PASS / MISS against the target ("-" when the
-figure has no target).  Benchmarks report; they do not gate: the exit
-status is 0 even when targets are missed (a module that crashes is reported
-as an ERROR line and gives exit status 1 only with `--strict`).
-
-Row shapes accepted from modules: `bench.Row`, an 8-tuple in Row order, or
-the 6-tuple `(figure, value, unit, baseline_value, ratio, target)` of
-bench_fuse.py (baseline name taken from the target text, met parsed from a
-leading ">= x" / "<= x" in it).  A module whose `run` takes no `quick`
-argument is called as `run()`; for bench_fuse with --quick the harness sets
-BENCH_FUSE_MIB=16 and BENCH_FUSE_ENTRIES=500 unless they are set already.
+Imports every `bench/bench_*.py` module and runs its figures one by one
+(`FIGURES`, or `run(quick)` for a module without them; see bench/__init__),
+then prints one aligned line per figure: figure, value and unit, baseline
+name and value, ratio, target, and PASS / MISS against the target ("-" when
+the figure has no target).  A figure that crashes is an ERROR line naming
+it (`bench_core.fork_exit: ...`); the others still run.  Benchmarks report;
+they do not gate: the exit status is 0 even when targets are missed, and 1
+for a crashed figure only with `--strict`.  Single-threaded; no locks.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
-import inspect
 import json
 import os
 import pkgutil
 import platform
-import re
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
-from . import Row
+from . import Profile, Row
 
-QUICK_ENV = {"bench_fuse": {"BENCH_FUSE_MIB": "16", "BENCH_FUSE_ENTRIES": "500"}}
+Figure = Callable[[Profile], list[Row]]
 
 
 def discover() -> list[str]:
     """Names of the bench_* modules of this package, sorted (core first)."""
     pkgdir = os.path.dirname(os.path.abspath(__file__))
     names = [m.name for m in pkgutil.iter_modules([pkgdir]) if m.name.startswith("bench_")]
-    order = {"bench_core": 0, "bench_swap": 1}
-    return sorted(names, key=lambda n: (order.get(n, 2), n))
+    order = {"bench_core": 0, "bench_swap": 1, "bench_fuse": 2}
+    return sorted(names, key=lambda n: (order.get(n, 3), n))
 
 
-def _target_met(target: str, ratio: float) -> bool | None:
-    m = re.match(r"\s*(>=|<=)\s*([0-9.]+)", target)
-    if not m:
-        return None
-    limit = float(m.group(2))
-    return ratio >= limit if m.group(1) == ">=" else ratio <= limit
-
-
-def normalize(row: Any) -> Row:
-    """A Row from any accepted row shape (see the module docstring)."""
-    if isinstance(row, Row):
-        return row
-    t = tuple(row)
-    if len(t) == 8:
-        return Row(*t)
-    if len(t) == 6:
-        figure, value, unit, baseline_value, ratio, target = t
-        m = re.search(r"\bof (.+)$|\bvs (.+?)(?: \(|$)", str(target))
-        name = next((g for g in m.groups() if g), "baseline") if m else "baseline"
-        return Row(str(figure), float(value), str(unit), name, float(baseline_value), float(ratio),
-                   str(target), _target_met(str(target), float(ratio)))
-    raise ValueError(f"unknown row shape ({len(t)} fields): {row!r}")
-
-
-def run_module(name: str, quick: bool) -> list[Row]:
-    mod = importlib.import_module(f"bench.{name}")
-    params = inspect.signature(mod.run).parameters
-    saved: dict[str, str | None] = {}
-    if quick and "quick" not in params:
-        for var, val in QUICK_ENV.get(name, {}).items():
-            if var not in os.environ:
-                saved[var] = None
-                os.environ[var] = val
-    try:
-        rows = mod.run(quick=quick) if "quick" in params else mod.run()
-    finally:
-        for var in saved:
-            del os.environ[var]
-    return [normalize(r) for r in rows]
+def figures(mod: ModuleType) -> list[tuple[str, Figure]]:
+    """The (name, function) figures of a module: its FIGURES, or its run()."""
+    short = mod.__name__.rsplit(".", 1)[-1]
+    found: tuple[Figure, ...] | None = getattr(mod, "FIGURES", None)
+    if found is not None:
+        return [(f"{short}.{fn.__name__}", fn) for fn in found]
+    run: Callable[..., list[Row]] = mod.run
+    return [(short, lambda profile: run(quick=profile != "full"))]
 
 
 def _fmt(v: float) -> str:
+    """A value with three or so significant digits."""
     if v != v or v in (float("inf"), float("-inf")):
         return str(v)
     a = abs(v)
@@ -98,6 +64,7 @@ def _fmt(v: float) -> str:
 
 
 def machine() -> dict[str, str]:
+    """CPU count and model, Python and Linux versions."""
     cpu = platform.processor() or "?"
     try:
         with open("/proc/cpuinfo") as f:
@@ -112,6 +79,7 @@ def machine() -> dict[str, str]:
 
 
 def table(rows: list[Row]) -> list[str]:
+    """The rows as aligned text lines, with a header."""
     head = ["figure", "value", "baseline", "base value", "ratio", "target", "result"]
     body = [[r.figure, f"{_fmt(r.value)} {r.unit}", r.baseline, f"{_fmt(r.baseline_value)} {r.unit}",
              f"{r.ratio:.3g}", r.target, "-" if r.met is None else ("PASS" if r.met else "MISS")]
@@ -126,55 +94,75 @@ def table(rows: list[Row]) -> list[str]:
     return [line(head), line(["-" * w for w in widths])] + [line(b) for b in body]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes (whole run well under a minute)")
-    ap.add_argument("--only", action="append", default=[], metavar="NAME",
-                    help="run only this module (core, swap, fuse, or bench_core...); repeatable,"
-                         " or comma-separated")
-    ap.add_argument("--json", metavar="PATH", help="also save the results as JSON")
-    ap.add_argument("--strict", action="store_true", help="exit 1 if a module crashed")
-    args = ap.parse_args(argv)
+def select(names: list[str], only: list[str]) -> list[tuple[str, Figure]]:
+    """The figures to run for the `--only` words (none: all), each a module
+    (`core`, `bench_swap`) or a figure (`core.fork_exit`); ValueError names
+    a word that matches nothing."""
+    words = {w if w.startswith("bench_") else f"bench_{w}" for o in only for w in o.split(",") if w}
+    unknown = {w.split(".", 1)[0] for w in words} - set(names)
+    if unknown:
+        raise ValueError(f"no such benchmark module: {', '.join(sorted(unknown))} (have: {', '.join(names)})")
+    found = [fig for name in names if not words or any(w.split(".", 1)[0] == name for w in words)
+             for fig in figures(importlib.import_module(f"bench.{name}"))]
+    chosen = [(fig_name, fn) for fig_name, fn in found
+              if not words or fig_name in words or fig_name.split(".", 1)[0] in words]
+    missing = {w for w in words if "." in w} - {fig_name for fig_name, _ in chosen}
+    if missing:
+        raise ValueError(f"no such figure: {', '.join(sorted(missing))}"
+                         f" (have: {', '.join(fig_name for fig_name, _ in found)})")
+    return chosen
 
-    names = discover()
-    if args.only:
-        wanted = {w if w.startswith("bench_") else f"bench_{w}"
-                  for o in args.only for w in o.split(",") if w}
-        unknown = wanted - set(names)
-        if unknown:
-            ap.error(f"no such benchmark module: {', '.join(sorted(unknown))} (have: {', '.join(names)})")
-        names = [n for n in names if n in wanted]
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected figures, print the table; the exit status."""
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    size = ap.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="smaller sizes (well under a minute)")
+    size.add_argument("--tiny", action="store_true", help="smoke-test sizes (seconds; figures meaningless)")
+    ap.add_argument("--only", action="append", default=[], metavar="NAME",
+                    help="run only this module (core, swap, fuse, or bench_core...) or figure"
+                         " (core.fork_exit); repeatable, or comma-separated")
+    ap.add_argument("--json", metavar="PATH", help="also save the results as JSON")
+    ap.add_argument("--strict", action="store_true", help="exit 1 if a figure crashed")
+    args = ap.parse_args(argv)
+    profile: Profile = "tiny" if args.tiny else "quick" if args.quick else "full"
+    try:
+        chosen = select(discover(), args.only)
+    except ValueError as err:
+        ap.error(str(err))
 
     info = machine()
-    print(f"# rumpvm benchmarks{' (quick)' if args.quick else ''}: {info['nproc']} CPUs, {info['cpu']},"
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    print(f"# rumpvm benchmarks ({profile}), {started}: {info['nproc']} CPUs, {info['cpu']},"
           f" Python {info['python']}, Linux {info['kernel']}", flush=True)
     rows: list[Row] = []
     errors: dict[str, str] = {}
     timings: dict[str, float] = {}
-    for name in names:
-        print(f"# running {name} ...", file=sys.stderr, flush=True)
+    for fig_name, fn in chosen:
+        print(f"# running {fig_name} ...", file=sys.stderr, flush=True)
         t0 = time.monotonic()
         try:
-            got = run_module(name, args.quick)
-        except Exception as ex:  # report and go on: one broken module must not hide the rest
+            got = fn(profile)
+        except Exception as ex:  # report and go on: one broken figure must not hide the rest
             traceback.print_exc()
-            errors[name] = f"{type(ex).__name__}: {ex}"
+            errors[fig_name] = f"{type(ex).__name__}: {ex}"
             got = []
-        timings[name] = time.monotonic() - t0
+        timings[fig_name] = time.monotonic() - t0
         rows.extend(got)
-        print(f"# {name}: {len(got)} figures in {timings[name]:.1f}s", file=sys.stderr, flush=True)
+        print(f"# {fig_name}: {len(got)} rows in {timings[fig_name]:.1f}s", file=sys.stderr, flush=True)
 
     for line in table(rows):
         print(line)
-    for name, err in errors.items():
-        print(f"ERROR {name}: {err}")
+    for fig_name, msg in errors.items():
+        print(f"ERROR {fig_name}: {msg}")
     missed = sum(1 for r in rows if r.met is False)
-    print(f"# {len(rows)} figures, {sum(1 for r in rows if r.met)} PASS, {missed} MISS,"
-          f" {len(errors)} module errors; total {sum(timings.values()):.1f}s")
+    print(f"# {len(rows)} rows, {sum(1 for r in rows if r.met)} PASS, {missed} MISS,"
+          f" {len(errors)} errors; total {sum(timings.values()):.1f}s")
     if args.json:
+        out: dict[str, Any] = {"machine": info, "profile": profile, "started": started, "timings_s": timings,
+                               "errors": errors, "rows": [r.as_dict() for r in rows]}
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "quick": args.quick, "timings_s": timings, "errors": errors,
-                       "rows": [r.as_dict() for r in rows]}, f, indent=2)
+            json.dump(out, f, indent=2)
     return 1 if errors and args.strict else 0
 
 

@@ -1,25 +1,24 @@
-"""Benchmarks of the /vm FUSE file system, each against a baseline run alongside.
+"""Benchmarks of the /vm FUSE file system, each against a baseline run
+alongside.  Sizes are for the "full" profile (quick / tiny in `pick` calls).
 
-Figures (rows of `run()`: figure, value, unit, baseline, ratio, target):
+- `mem_dd`: `dd bs=1M` of 256 MiB of resident memory through
+  `/vm/proc/<pid>/mem`, MiB/s.  Baseline: the same `dd` of the same number
+  of bytes from a bare pyfuse3 file system (the smallest one possible, in
+  this file) serving a Python buffer with the same options (direct_io,
+  default max_read).  Target >= 0.8.
+- `cat_maps`: wall time of `cat /vm/proc/<pid>/maps` for a process of 100k
+  map entries (`bench.build_map`), ms; checked once against the in-process
+  rendering.  Baseline: rendering it in-process (`p.maps()` +
+  `mountd.render.maps`).  Target <= 1.5x.
 
-- `fuse mem read`: sequential 1 MiB reads (`dd bs=1M`) of resident memory
-  through `proc/<pid>/mem`, in MiB/s.  Baseline: a bare pyfuse3 file system
-  (the smallest one possible, in this file) serving the same number of bytes
-  from a Python buffer with the same options (direct_io, default max_read),
-  read by the same `dd`.  Target: ratio >= 0.5.
-- `fuse cat maps`: wall time of `cat proc/<pid>/maps` for a process with
-  many map entries, in ms.  Baseline: rendering the same text in-process
-  (`p.maps()` + `mountd.render.maps`).  The ratio is the FUSE overhead
-  (lookup, open and stat each render the file once; see mountd/fs.py).
-
-Each figure is the best of `REPEAT` runs.  pyfuse3 allows one session per
-process, so the bare file system runs in a child process
-(`python -m bench.bench_fuse --bare MOUNTPOINT SIZE`) while /vm is served by
-a thread of this one; the reader is always a separate `dd`/`cat` process.
-
-Sizes: `run(mem_mib=256, entries=10_000)`, overridable with the
-environment variables `BENCH_FUSE_MIB` and `BENCH_FUSE_ENTRIES` (e.g.
-`BENCH_FUSE_MIB=16 BENCH_FUSE_ENTRIES=500 python -m bench` for a quick run).
+/vm is served as `rumpvm mount` serves it, by `mountd.mount_in_thread` in
+this process; the reader (`dd`, `cat`) is always a child process, waited
+for with a blocking wait (`Popen.wait()` without a timeout: a timeout makes
+Python poll in the process that hosts the server, and the polling thread
+competes with it).  pyfuse3 allows one session per process, so the bare
+file system runs in a child process of its own
+(`python -m bench.bench_fuse --bare MOUNTPOINT SIZE`).  Each figure is the
+best of a few runs, the two sides alternated (`bench.alternate`).
 """
 
 from __future__ import annotations
@@ -35,30 +34,32 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-MiB = 1 << 20
-REPEAT = 5
+import rumpvm
+from mountd import mount_in_thread, render
+
+from . import MiB, Profile, Row, alternate, build_map, kilo, mib, pick, ratio_row
+
 _BARE_FILE = "data"
 
 
-def _best(fn: object, repeat: int = REPEAT) -> float:
-    """Best wall time in seconds of `repeat` calls of `fn()`."""
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()  # type: ignore[operator]
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def _spawn_s(argv: list[str]) -> float:
+    """Wall seconds of a child process run to completion (a blocking wait)."""
+    t0 = time.perf_counter()
+    rc = subprocess.Popen(argv, stdout=subprocess.DEVNULL).wait()
+    dt = time.perf_counter() - t0
+    if rc:
+        raise subprocess.CalledProcessError(rc, argv)
+    return dt
 
 
-def _dd_read(path: Path, skip_bytes: int, nbytes: int) -> None:
-    subprocess.run(
-        ["dd", f"if={path}", "of=/dev/null", "bs=1M", f"count={nbytes // MiB}",
-         f"skip={skip_bytes}", "iflag=skip_bytes", "status=none"],
-        check=True, timeout=600,
-    )
+def _dd_s(path: Path, skip_bytes: int, nbytes: int) -> float:
+    """Wall seconds of `dd bs=1M` of `nbytes` of `path` from `skip_bytes`."""
+    return _spawn_s(["dd", f"if={path}", "of=/dev/null", "bs=1M", f"count={nbytes // MiB}",
+                     f"skip={skip_bytes}", "iflag=skip_bytes", "status=none"])
 
 
-def _wait_mounted(path: Path, timeout: float = 10.0) -> None:
+def _wait_mounted(path: Path, timeout: float = 30.0) -> None:
+    """Wait (polling) until `path` is a mount point."""
     deadline = time.monotonic() + timeout
     while not os.path.ismount(path):
         if time.monotonic() > deadline:
@@ -77,74 +78,67 @@ def _bare_mount(directory: Path, size: int) -> Iterator[Path]:
         yield directory / _BARE_FILE
     finally:
         child.terminate()
-        child.wait(timeout=10)
+        try:
+            child.wait(30)
+        except subprocess.TimeoutExpired:  # a wedged server: do not hang the run
+            child.kill()
+            child.wait()
 
 
-def bench_mem_read(mem_mib: int) -> tuple[str, float, str, float, float, str]:
-    """Sequential 1 MiB reads of resident memory: /vm mem vs a bare pyfuse3 fs."""
-    import mountd
-    import rumpvm
+@contextlib.contextmanager
+def _vm_mount(k: rumpvm.Kernel, tmp: str) -> Iterator[Path]:
+    """/vm of `k` served by a thread of this process, at `tmp`/vm."""
+    path = Path(tmp, "vm")
+    path.mkdir()
+    handle = mount_in_thread(k, str(path))
+    try:
+        yield path
+    finally:
+        handle.unmount()
 
-    size = mem_mib * MiB
-    with tempfile.TemporaryDirectory() as tmp, rumpvm.Kernel() as k:
+
+def mem_dd(profile: Profile) -> list[Row]:
+    """`dd bs=1M` of /vm/proc/<pid>/mem vs the same dd on a bare pyfuse3 fs."""
+    size = pick(profile, 4, 32, 256) * MiB
+    reps = pick(profile, 1, 3, 5)
+    with tempfile.TemporaryDirectory() as tmp, rumpvm.Kernel(memlimit="unlimited") as k:
         p = k.spawn(name="bench")
         addr = p.mmap(size)
         chunk = bytes(range(256)) * (MiB // 256)
         for off in range(0, size, MiB):
-            p.write(addr + off, chunk)  # resident, so reads measure FUSE + peek
-        os.mkdir(os.path.join(tmp, "vm"))
-        handle = mountd.mount_in_thread(k, os.path.join(tmp, "vm"))
-        try:
-            mem = Path(tmp, "vm", "proc", str(p.pid), "mem")
-            with _bare_mount(Path(tmp, "bare"), size) as data:
-                # Alternate the two so that drift of a noisy host hits both.
-                vm_runs, bare_runs = [], []
-                for _ in range(REPEAT):
-                    vm_runs.append(_best(lambda: _dd_read(mem, addr, size), 1))
-                    bare_runs.append(_best(lambda: _dd_read(data, 0, size), 1))
-        finally:
-            handle.unmount()
-    vm_s, bare_s = min(vm_runs), min(bare_runs)
-    value, baseline = mem_mib / vm_s, mem_mib / bare_s
-    return (f"fuse mem read (1 MiB seq, {mem_mib} MiB)", value, "MiB/s", baseline,
-            value / baseline, ">= 0.5 of bare pyfuse3")
+            p.write(addr + off, chunk)  # resident, so the reads measure FUSE + peek
+        with _vm_mount(k, tmp) as vm, _bare_mount(Path(tmp, "bare"), size) as data:
+            mem = vm / "proc" / str(p.pid) / "mem"
+            vm_s, bare_s = alternate([lambda: _dd_s(mem, addr, size), lambda: _dd_s(data, 0, size)], reps)
+    return [ratio_row("mem_dd", f"dd bs=1M of {mib(size)} of /vm/proc/<pid>/mem", size / MiB / vm_s, "MiB/s",
+                      "same dd, bare pyfuse3 fs", size / MiB / bare_s, 0.8, higher_is_better=True)]
 
 
-def bench_cat_maps(entries: int) -> tuple[str, float, str, float, float, str]:
-    """`cat maps` of a process with `entries` map entries vs rendering in-process."""
-    import mountd
-    import rumpvm
-    from mountd import render
-    from rumpvm import MAP_ANON, MAP_FIXED, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE
-
-    with tempfile.TemporaryDirectory() as tmp, rumpvm.Kernel() as k:
+def cat_maps(profile: Profile) -> list[Row]:
+    """`cat maps` of many entries vs rendering it in-process."""
+    entries = pick(profile, 200, 10_000, 100_000)
+    reps = pick(profile, 1, 3, 5)
+    with tempfile.TemporaryDirectory() as tmp, rumpvm.Kernel(memlimit="unlimited") as k:
         p = k.spawn(name="bench")
-        base = 0x10_0000_0000
-        for i in range(entries):
-            # One page every other page: the gaps keep entries from merging.
-            p.mmap(PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANON | MAP_FIXED,
-                   addr=base + 2 * i * PAGE_SIZE)
+        build_map(p, entries)
         expected = render.maps(p.maps())
-        inproc_s = _best(lambda: render.maps(p.maps()))
-        os.mkdir(os.path.join(tmp, "vm"))
-        handle = mountd.mount_in_thread(k, os.path.join(tmp, "vm"))
-        try:
-            maps = Path(tmp, "vm", "proc", str(p.pid), "maps")
-            out = subprocess.run(["cat", maps], capture_output=True, text=True, check=True).stdout
+
+        def in_process() -> float:
+            t0 = time.perf_counter()
+            render.maps(p.maps())
+            return time.perf_counter() - t0
+
+        with _vm_mount(k, tmp) as vm:
+            maps = vm / "proc" / str(p.pid) / "maps"
+            out = subprocess.run(["cat", maps], stdout=subprocess.PIPE, text=True, check=True).stdout
             if out != expected:
                 raise AssertionError("cat maps differs from the in-process rendering")
-            fuse_s = _best(lambda: subprocess.run(["cat", maps], stdout=subprocess.DEVNULL, check=True))
-        finally:
-            handle.unmount()
-    return (f"fuse cat maps ({entries} entries)", fuse_s * 1e3, "ms", inproc_s * 1e3,
-            fuse_s / inproc_s, "time vs in-process render (lower is better)")
+            fuse_s, inproc_s = alternate([lambda: _spawn_s(["cat", str(maps)]), in_process], reps)
+    return [ratio_row("cat_maps", f"cat maps of {kilo(entries)} entries", fuse_s * 1e3, "ms",
+                      "render in-process", inproc_s * 1e3, 1.5)]
 
 
-def run(mem_mib: int | None = None, entries: int | None = None) -> list[tuple[str, float, str, float, float, str]]:
-    """All figures of this module (see the module docstring)."""
-    mem_mib = mem_mib or int(os.environ.get("BENCH_FUSE_MIB", "256"))
-    entries = entries or int(os.environ.get("BENCH_FUSE_ENTRIES", "10000"))
-    return [bench_mem_read(mem_mib), bench_cat_maps(entries)]
+FIGURES = (mem_dd, cat_maps)
 
 
 def _serve_bare(mountpoint: str, size: int) -> None:
@@ -157,6 +151,8 @@ def _serve_bare(mountpoint: str, size: int) -> None:
     payload = memoryview(bytes(range(256)) * (size // 256))
 
     class Bare(pyfuse3.Operations):
+        """A root directory holding one file, `data`."""
+
         def _attr(self, ino: int) -> pyfuse3.EntryAttributes:
             a = pyfuse3.EntryAttributes()
             a.st_ino = ino
@@ -195,9 +191,6 @@ def _serve_bare(mountpoint: str, size: int) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--bare":
-        _serve_bare(sys.argv[2], int(sys.argv[3]))
-    else:
-        for row in run():
-            figure, value, unit, baseline, ratio, target = row
-            print(f"{figure}: {value:.1f} {unit} (baseline {baseline:.1f} {unit}, ratio {ratio:.2f}; target {target})")
+    if len(sys.argv) != 4 or sys.argv[1] != "--bare":
+        sys.exit("usage: python -m bench.bench_fuse --bare MOUNTPOINT SIZE (the figures: python -m bench --only fuse)")
+    _serve_bare(sys.argv[2], int(sys.argv[3]))
