@@ -27,7 +27,7 @@ from .constants import MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, PAGE_SHIFT, PR
 from .errors import OutOfMemory, SegmentationFault, VMError
 from .map import growstack, stack_growth
 from .page import INACTIVE
-from .physmem import in_pagedaemon, memwait, page_alloc, page_free, pool_room, swap_free
+from .physmem import in_pagedaemon, make_room, memwait, page_alloc, page_free, pool_room, swap_free
 from .pmap import page_remove_all
 
 if TYPE_CHECKING:
@@ -263,19 +263,22 @@ def pagein(k: Kernel, obj: VMObject, pindex: int, slot: int, advice: int = MADV_
     read.  A checksum failure of the faulting page raises EIO and leaves the
     slot in place (the page stays unreadable, never wrong); a bad read-ahead
     page is just dropped."""
-    pages = [_alloc(k, obj, pindex, resv)]
     # Read ahead only for a sequential pattern (the previous page-in of this
     # object was just before), as vm_fault's sequential heuristic does; the
     # window doubles while the pattern lasts, up to READAHEAD_MAX.
     if advice != MADV_RANDOM and (advice == MADV_SEQUENTIAL or obj.last_pagein == pindex - 1):
-        obj.readahead = min(max(2 * obj.readahead + 1, READAHEAD.get(advice, 7)), READAHEAD_MAX)
+        ahead = min(max(2 * obj.readahead + 1, READAHEAD.get(advice, 7)), READAHEAD_MAX)
     else:
-        obj.readahead = 0
-    ahead = obj.readahead
-    for n in range(1, ahead + 1):
+        ahead = 0
+    if ahead and resv is None and make_room(k, ahead + 1):
+        raise _Retry  # reclaimed for the window: the lock may have been dropped
+    obj.readahead = ahead
+    pages = [_alloc(k, obj, pindex, resv)]
+    # Read ahead only into frames above the daemon's wake-up point.
+    room = k.physmem.avail_pages() - k.pagedaemon.freemin - 1
+    for n in range(1, min(ahead, room) + 1):
         pi = pindex + n
-        if (pi >= obj.size or obj.swap.get(pi) != slot + n or pi in obj.pages
-                or k.physmem.avail_pages() <= k.pagedaemon.freemin + 1):
+        if pi >= obj.size or obj.swap.get(pi) != slot + n or pi in obj.pages:
             break
         page = page_alloc(k, obj, pi)
         if page is None:

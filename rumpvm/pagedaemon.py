@@ -81,6 +81,7 @@ class Pagedaemon:
         self._scan_write_failed = False
         self.idle_cv = threading.Condition(k.lock)  # notified when the daemon goes to sleep
         self.thread_args = (k.lock, self.cv, self.ctl)
+        self.ident: int | None = None
         self.thread = threading.Thread(target=_main, args=(weakref.ref(self), k.lock, self.cv, self.idle_cv, self.ctl),
                                        name="pagedaemon", daemon=True)
         self.autotune()
@@ -183,6 +184,7 @@ class Pagedaemon:
     def start(self) -> None:
         self.k.touch = self._policy.touch_hook(self.k.queues)
         self.thread.start()
+        self.ident = self.thread.ident  # in_pagedaemon() compares it on every allocation
 
     def stop(self) -> None:
         """Stop the thread and wait for it (lock not held)."""

@@ -55,11 +55,30 @@ class PhysMem:
     """The frame allocator and the limit accountant."""
 
     def __init__(self, limit: int | None) -> None:
-        self.limit = limit
         self.arenas: list[hypercall.Arena] = []
         self.free_frames: list[int] = []
         self.frames_in_use = 0
-        self.charged = 0  # bytes of host memory charged outside frames
+        self._charged = 0  # bytes of host memory charged outside frames
+        self._limit = limit
+        self._frame_limit = 0  # frames the limit leaves after `charged` (kept for the hot paths)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self._limit is not None:
+            self._frame_limit = (self._limit - self._charged) // PAGE_SIZE
+
+    @property
+    def limit(self) -> int | None:
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: int | None) -> None:
+        self._limit = value
+        self._refresh()
+
+    @property
+    def charged(self) -> int:
+        return self._charged
 
     @property
     def resident(self) -> int:
@@ -69,8 +88,8 @@ class PhysMem:
         """Frames that may still be allocated under the limit."""
         if self.limit is None:
             return 1 << 40
-        reserve = 0 if pagedaemon else PDRESERVE_PAGES
-        return max(0, (self.limit - self.resident) // PAGE_SIZE - reserve)
+        free = self._frame_limit - self.frames_in_use
+        return max(0, free if pagedaemon else free - PDRESERVE_PAGES)
 
     def frame_location(self, frame: int) -> tuple[int, memoryview, int]:
         """(host address, arena buffer, offset in buffer) of a frame."""
@@ -80,7 +99,7 @@ class PhysMem:
 
     def alloc_frame(self, pagedaemon: bool = False) -> int | None:
         """A frame, or None when the limit (or the host) says no."""
-        if self.limit is not None and self.avail_pages(pagedaemon) <= 0:
+        if self._limit is not None and self._frame_limit - self.frames_in_use <= (0 if pagedaemon else PDRESERVE_PAGES):
             return None
         if not self.free_frames:
             try:
@@ -99,15 +118,17 @@ class PhysMem:
 
     def charge(self, nbytes: int, pagedaemon: bool = False) -> bool:
         """Count `nbytes` of host memory against the limit; False if over it."""
-        if self.limit is not None:
+        if self._limit is not None:
             reserve = 0 if pagedaemon else PDRESERVE_PAGES * PAGE_SIZE
-            if self.resident + nbytes > self.limit - reserve:
+            if self.resident + nbytes > self._limit - reserve:
                 return False
-        self.charged += nbytes
+        self._charged += nbytes
+        self._refresh()
         return True
 
     def uncharge(self, nbytes: int) -> None:
-        self.charged -= nbytes
+        self._charged -= nbytes
+        self._refresh()
 
     @property
     def total_frames(self) -> int:
@@ -126,7 +147,7 @@ class PhysMem:
 def in_pagedaemon(k: Kernel) -> bool:
     """Whether the caller is the pagedaemon thread (it may use the reserve
     and must never wait for memory)."""
-    return threading.get_ident() == k.pagedaemon.thread.ident
+    return threading.get_ident() == k.pagedaemon.ident
 
 
 def page_alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None = None) -> VMPage | None:
@@ -141,7 +162,7 @@ def page_alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None =
     page = VMPage(obj, pindex, frame, addr, buf, off)
     obj.pages[pindex] = page
     k.queues.enqueue(page, ACTIVE)
-    if pm.limit is not None and pm.avail_pages() < k.pagedaemon.freemin:
+    if pm.limit is not None and pm.avail_pages() < k.pagedaemon.freemin and not k.pagedaemon.ctl.wanted:
         k.pagedaemon.wake()
     return page
 
@@ -194,6 +215,23 @@ def memwait(k: Kernel, deadline: float | None) -> float:
         k.mem_waiters -= 1
     k.check_open()
     return deadline
+
+
+def make_room(k: Kernel, npages: int) -> bool:
+    """Before a fault that will take `npages` frames at once (a page-in with
+    read-ahead, a long write): if fewer are free above the daemon's wake-up
+    point, scan in this thread (direct reclaim) rather than shrink the
+    batch to single pages while the daemon waits for the lock.  True if a
+    scan freed pages — the lock may have been dropped, so the caller
+    restarts.  Lock held; nothing may be half-done by the caller."""
+    pd = k.pagedaemon
+    if (k.physmem.limit is None or pd.stalled or k.physmem.avail_pages() - pd.freemin - 1 >= npages
+            or in_pagedaemon(k)):
+        return False
+    if pd.reclaim(direct=True):
+        k.lockdrops += 1
+        return True
+    return False
 
 
 @contextmanager

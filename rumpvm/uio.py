@@ -29,6 +29,7 @@ from .constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE
 from .errors import OutOfMemory, SegmentationFault
 from .fault import fault_ahead, object_fault, resolve, vm_fault
 from .map import stack_growth
+from .physmem import make_room
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -79,6 +80,8 @@ def _runs(k: Kernel, vmap: VMMap, addr: int, length: int,
         vpn = va >> PAGE_SHIFT
         pages: list[VMPage | None]
         if get(vpn) is None:
+            if write and last > vpn and make_room(k, min(last - vpn + 1, RUN_PAGES)):
+                continue  # reclaimed for the run ahead: look again
             first = vm_fault(k, vmap, va, access)
             if first is not None and vpn < last:
                 fault_ahead(k, vmap, va, min(last - vpn, RUN_PAGES - 1), write)
