@@ -326,7 +326,6 @@ class VMMap:
         """Remove all mappings in [start, end) (holes allowed), freeing the
         pages and swap slots that nothing reaches any more.  The caller
         primed the pools for two clips."""
-        k = self.kernel
         for e in self.pieces(start, end):
             if e.wired_count:
                 self._unwire_pages(e)
@@ -334,19 +333,63 @@ class VMMap:
             self._unlink(e)
             if e.submap is not None:
                 e.submap.destroy()
-            obj = e.obj
-            if obj is k.kernel_object:
-                vm_object.page_remove(k, obj, e.pindex(e.start), e.pindex(e.end))
-            elif obj is not None and obj.ref_count > 1:
-                vm_object.release(k, obj, e.pindex(e.start), e.pindex(e.end))
-            vm_object.deallocate(k, obj)
+            self._drop_object(e)
+        self._deleted()
+
+    def _drop_object(self, e: VMMapEntry) -> None:
+        """An unlinked entry lets go of its object: the pages and slots
+        only it reached are freed."""
+        k = self.kernel
+        obj = e.obj
+        if obj is k.kernel_object:
+            vm_object.page_remove(k, obj, e.pindex(e.start), e.pindex(e.end))
+        elif obj is not None and obj.ref_count > 1:
+            vm_object.release(k, obj, e.pindex(e.start), e.pindex(e.end))
+        vm_object.deallocate(k, obj)
+
+    def _deleted(self) -> None:
+        """Space and memory were freed: wake who waits for either."""
+        k = self.kernel
         self.space_cv.notify_all()
         k.mem_cv.notify_all()
         if k.nswapped:
             k.pagedaemon.wake()  # the scheduler may swap someone back in
 
     def destroy(self) -> None:
-        self.delete(self.min, self.max)
+        """Remove every mapping (exit): what delete does over the whole map,
+        but the translations and the entry index go at once, not entry by
+        entry.  Lock held."""
+        k = self.kernel
+        ents = list(self.entries())
+        for e in ents:
+            if e.wired_count:
+                self._unwire_pages(e)
+        self.pmap.clear()
+        self.tree.clear()
+        self.hint = self.header
+        self.size = 0
+        pool = k.pooltab["vm_map_entry"]
+        for e in ents:
+            pool.put()
+            if e.obj is not None:
+                e.obj.mappings.discard(e)
+        for e in ents:
+            if e.submap is not None:
+                e.submap.destroy()
+            self._drop_object(e)
+        self._deleted()
+
+    def link_sorted(self, ents: list[VMMapEntry]) -> None:
+        """Link `ents` (sorted, not overlapping) into this empty map at once
+        (fork); the caller primed the entry pool and owns the object
+        references.  Lock held."""
+        pool = self.kernel.pooltab["vm_map_entry"]
+        for e in ents:
+            pool.get()
+            self.size += e.end - e.start
+            if e.obj is not None:
+                e.obj.mappings.add(e)
+        self.tree.build(list(ents))
 
     def protect(self, start: int, end: int, prot: int, set_max: bool) -> None:
         """mprotect: check every entry first (ENOMEM hole, EACCES beyond max),

@@ -156,6 +156,57 @@ class EntryTree:
         _update(t)
         return t
 
+    def build(self, nodes: list[TreeNode]) -> None:
+        """Index `nodes` (sorted by address, not overlapping) in an empty
+        tree in O(n) — fork builds a whole map at once: link them in order,
+        then build the treap along its right spine (a Cartesian tree of the
+        priorities) and compute max_free bottom-up."""
+        assert self.count == 0, "build needs an empty tree"
+        h = self.header
+        order = [h, *nodes]
+        for a, b in pairwise(order):
+            a.next, b.prev = b, a
+        order[-1].next, h.prev = h, order[-1]
+        for n in order:
+            n.left = n.right = None
+            n.adj_free = (self.max_addr if n.next is h else n.next.start) - n.end
+        spine: list[TreeNode] = []
+        for n in order:
+            last = None
+            while spine and spine[-1].prio < n.prio:
+                last = spine.pop()
+            n.left = last
+            if spine:
+                spine[-1].right = n
+            spine.append(n)
+        self.root = spine[0]
+        self.count = len(nodes)
+        # Children before parents: reverse pre-order.
+        pre: list[TreeNode] = []
+        todo = [self.root]
+        while todo:
+            t = todo.pop()
+            pre.append(t)
+            if t.left is not None:
+                todo.append(t.left)
+            if t.right is not None:
+                todo.append(t.right)
+        for t in reversed(pre):
+            _update(t)
+
+    def clear(self) -> None:
+        """Empty the tree in one step (a map torn down at exit), unlinking
+        every entry."""
+        h = self.header
+        for n in list(self):
+            n.left = n.right = None
+            n.next = n.prev = n
+        h.prev = h.next = h
+        h.left = h.right = None
+        h.adj_free = h.max_free = self.max_addr - h.end
+        self.root = h
+        self.count = 0
+
     def remove(self, n: TreeNode) -> None:
         """Unlink entry `n`; the gap after its predecessor grows."""
         prev = n.prev

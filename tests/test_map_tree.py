@@ -66,3 +66,30 @@ def test_remove_unknown_node_raises():
     tree = EntryTree(TreeNode(MIN, MIN), MAX)
     with pytest.raises(KeyError):
         tree.remove(TreeNode(0x5000, 0x6000))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 8), st.integers(1, 8)), max_size=80),
+       st.integers(0, 2**32))
+def test_build_and_clear_agree_with_one_by_one_inserts(layout, seed):
+    """fork builds a map in one O(n) step and exit clears it in one: the
+    result must be the same index that inserts one by one would give."""
+    random.seed(seed)
+    tree = EntryTree(TreeNode(MIN, MIN), MAX)
+    nodes, cur = [], MIN
+    for gap, npages in layout:
+        start = cur + gap * P
+        if start + npages * P > MAX:
+            break
+        nodes.append(TreeNode(start, start + npages * P))
+        cur = start + npages * P
+    tree.build(nodes)
+    assert tree.check() == []
+    assert list(tree) == nodes and tree.count == len(nodes)
+    for n in nodes:
+        assert tree.lookup(n.start) is n and tree.lookup(n.end - 1) is n
+    for length in (P, 3 * P, 9 * P):
+        assert tree.find_space(MIN, length) == brute_first_fit(nodes, MIN, length, 1)
+    tree.clear()
+    assert tree.check() == [] and list(tree) == [] and tree.count == 0
+    assert tree.find_space(MIN, MAX - MIN) == MIN
