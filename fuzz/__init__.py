@@ -8,7 +8,7 @@ Each module is a libFuzzer target, run as a main program:
     .venv/bin/python -m fuzz.names    [-atheris_runs=N] ...
 
 `size`: rumpvm.param.parse_size/parse_limit/format_size, Kernel(memlimit=...)
-and the `k.memlimit` setter.  `trace`: rumpvm.lab.read_trace (files of page
+and the `k.memlimit` setter.  `trace`: rumpvm.trace.open_trace (files of page
 numbers and libCacheSim csv).  `control`: mountd.control.parse_limit and
 mountd.control.write (the /vm control files), called directly on a kernel.
 `names`: mountd.tree.parse_id (proc/<pid>, objects/<id> entry names) and

@@ -1,15 +1,15 @@
-"""Fuzz target: trace files, `rumpvm.lab.read_trace(path, column, compact)`.
+"""Fuzz target: trace files, `rumpvm.trace.open_trace(path, column=...)` and
+`load` (docs/traces.md): rumpvm's own format, `R|W addr` text, raw lackey
+output, one page number per line, libCacheSim csv; compression detected by
+content.
 
-Formats (rumpvm/lab.py, docs/lab.md): one page number per line, or csv /
-whitespace-separated columns with a header naming the page column
-(`obj_id`, ...) or `column=` (index or header name); blank lines and `#`
-comments skipped; decimal or 0x-hex numbers.
-
-Documented outcomes: a list of ints >= 0 (with `compact`, renamed 0, 1, 2,
-... in order of first appearance); ValueError for a file that does not
-parse (a bad line, a negative page, an unknown column; UnicodeDecodeError
-is one) and OSError for one that cannot be read — the two that `rumpvm lab`
-catches and reports.  Anything else is a crash.
+Documented outcomes: an array of `page << 1 | is_write` values (with
+`compacted`, pages renamed 0, 1, 2, ... in order of first appearance);
+ValueError for a file that does not parse (a bad line, a negative page, an
+unknown column; UnicodeDecodeError is one) and OSError for one that cannot
+be read — the two that `rumpvm experiment` and `rumpvm trace info` catch
+and report.  Anything else is a crash.  A trace written back with
+`write_trace` reads back the same.
 """
 
 from __future__ import annotations
@@ -17,27 +17,31 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from array import array
 
 import atheris
 
-with atheris.instrument_imports(include=["rumpvm.lab"]):
-    from rumpvm.lab import compact_trace, read_trace, write_trace
+with atheris.instrument_imports(include=["rumpvm.trace"]):
+    from rumpvm.trace import compact, load, open_trace, write_trace
 
 from fuzz._common import pick, run, tokens
 
 VOCAB = ["0", "1", "7", "42", "-1", "0x10", "0X1f", "0o7", "0b1", "1_0", "12345678901234567890", "9" * 40, ",", ", ",
          " ", "\t", "\n", "\r\n", "\r", "\x0c", "\x1c", "\x85", "\u2028", "#", "# c\n", "obj_id", "OBJ_ID", "time",
          "size", "page", "key", "lba", "addr", "id", "obj", "\ufeff", "\u0663", "\x00", "\"", "'", "+5", "-0",
-         "1e3", "nan", "time,obj_id,size\n", "1,2,3\n", "a b c\n"]
+         "1e3", "nan", "time,obj_id,size\n", "1,2,3\n", "a b c\n", "R ", "W ", "r 0x", "w ", "I  04016d40,3\n",
+         " L 1ffefffd40,8\n", " S ", " M ", "==123== x\n", "RVTRACE1", "\x1f\x8b", "(\xb5/\xfd"]
 COLUMNS: list[object] = [None, 0, 1, 2, 3, -1, -2, 10**6, "obj_id", "OBJ_ID", "page", "size", "nope", "", "0", "1"]
 _dir = tempfile.mkdtemp(prefix="rumpvm-fuzz-trace-")
 PATH = os.path.join(_dir, "trace.txt")
+BACK = os.path.join(_dir, "back.rvt")
 
 
 def test_one_input(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     column = pick(fdp, COLUMNS)
-    compact = fdp.ConsumeBool()
+    compacted = fdp.ConsumeBool()
+    fetches = fdp.ConsumeBool()
     raw = fdp.ConsumeIntInRange(0, 4) == 0
     if raw:
         content = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 400))
@@ -46,17 +50,21 @@ def test_one_input(data: bytes) -> None:
     with open(PATH, "wb") as f:
         f.write(content)
     try:
-        trace = read_trace(PATH, column=column, compact=compact)  # type: ignore[arg-type]
+        tr = open_trace(PATH, column=column, with_fetches=fetches)  # type: ignore[arg-type]
+        got = load(tr, compacted=compacted)
+        info = tr.info()
     except (ValueError, OSError):
         return
-    assert isinstance(trace, list), type(trace)
-    assert all(type(p) is int and p >= 0 for p in trace), trace[:20]
-    if compact:
-        assert trace == compact_trace(trace), ("compact trace is not in first-appearance order", trace[:20])
+    assert isinstance(got, array) and got.typecode == "Q", type(got)
+    assert info.accesses == len(got) == info.reads + info.writes, (info, len(got))
+    if compacted:
+        again = array("Q")
+        for chunk in compact([got]):
+            again.extend(chunk)
+        assert again == got, "a compacted trace is not in first-appearance order"
     else:
-        # A trace written back reads back the same (txt format).
-        write_trace(trace, PATH)
-        assert read_trace(PATH, compact=False) == trace, "write_trace/read_trace round trip"
+        write_trace(BACK, [got], page_shift=tr.page_shift)
+        assert load(open_trace(BACK), compacted=False) == got, "write_trace/open_trace round trip"
 
 
 def main() -> None:

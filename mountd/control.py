@@ -41,7 +41,7 @@ MAX_WRITE = 4096
 _SIZE_RE = re.compile(r"([0-9]+)([kmg]?)", re.IGNORECASE | re.ASCII)
 _SHIFT = {"": 0, "k": 10, "m": 20, "g": 30}
 _PAGES_RE = re.compile(r"[0-9]+", re.ASCII)
-_WORD_RE = re.compile(r"[a-z]+", re.ASCII)
+_WORD_RE = re.compile(r"[a-z0-9]+", re.ASCII)  # policy names: letters and digits (2q, s3fifo)
 
 
 def parse_limit(text: str) -> int | None:

@@ -14,28 +14,43 @@ Invariants:
 - Nothing that can change is cached in the kernel: entries and attributes
   of per-process and per-object nodes, and the attributes of every file,
   have timeouts of 0; every file is opened with direct_io.  A lookup after
-  a process exits therefore reaches `tree` and answers ENOENT, `ls -l`
-  sizes are rendered on the spot (true sizes), and mem/data bytes are never
-  stale.  Only the fixed part of the tree (the names under the root and
-  `pagedaemon/`, and the attributes of the fixed directories below the
-  root) is cached, which saves a FUSE round trip per path component.
-- A text or control file is rendered once per open(2): all reads of that
-  open file see one consistent snapshot, as with Linux's seq_file for a
-  file read in one go.
+  a process exits therefore reaches `tree` and answers ENOENT, and mem/data
+  bytes are never stale.  Only the fixed part of the tree (the names under
+  the root and `pagedaemon/`, and the attributes of the fixed directories
+  below the root) is cached, which saves a FUSE round trip per path
+  component.
+- A text or control file is rendered once per open(2), and only there: the
+  open file keeps the encoded text and every read slices it, so all reads
+  of that open file see one consistent snapshot, as with Linux's seq_file
+  for a file read in one go, and `cat` of a 100k-entry maps renders it
+  once.  Its st_size is 0, as Linux's /proc text files report:
+  lookup, stat and readdir never render (a true size would cost a render
+  each, and a size remembered from an earlier open would be stale).
+  Readers read to EOF, which direct_io allows past st_size: cat, dd, less,
+  grep, tail, wc -c (it reads a 0-size file instead of trusting st_size)
+  and Python's open().read() all see the whole text.
 - Permissions: dirs 0555, text 0444, control 0644, memory 0600, owned by the
   mounting user.  The kernel checks them (`default_permissions`), but root
   bypasses mode bits, so `open` (write modes and O_TRUNC) and `setattr`
   enforce read-only-ness again.
 
 Concurrency: the handlers run as trio tasks in the server thread, so a
-kernel call that blocks the trio thread stalls every other request.  Two
+kernel call that blocks the trio thread stalls every other request.  Three
 kinds of call:
-- calls that never wait (lookups, rendering, `peek` reads: the inspection
-  API allocates nothing and pages nothing in) are made directly on the
-  trio thread.  They hold the GIL anyway, so a worker-thread hop buys no
+- calls that never wait and are short (lookups, rendering a file of fixed
+  size, `peek` reads of at most one FUSE request: the inspection API
+  allocates nothing and pages nothing in) are made directly on the trio
+  thread.  They hold the GIL anyway, so a worker-thread hop buys no
   parallelism and costs time (2-CPU host: sequential 1 MiB reads of `mem`
   1250-1550 MiB/s direct vs 1060-1100 through to_thread, random 4 KiB
   preads 145-265 us vs 335-380 us);
+- rendering a file that grows with the number of map entries (`_LONG`:
+  maps, smaps, kmem maps; seconds for 100k entries) runs in a worker
+  thread: it never waits either, but on the trio thread it would stall
+  every other request for all that time, where in a worker the trio
+  thread gets the GIL back at each switch interval and keeps serving
+  (requests that need the kernel lock still wait while the records are
+  taken under it: about a third of the time);
 - calls that may wait (`_blocking`): every control-file write (lowering
   `limit` waits up to `oom_timeout` for the pagedaemon) and every memory-file
   write (a page allocation waits up to `oom_timeout` for memory).  They run
@@ -129,8 +144,13 @@ def _boundary(fn: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, Corouti
 
 
 async def _blocking(fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
-    """Run a kernel call that may wait in a worker thread (module docstring)."""
+    """Run a kernel call that may wait, or take long, in a worker thread
+    (module docstring)."""
     return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+# Text whose size grows with the number of map entries: rendered in a worker.
+_LONG = frozenset({Kind.PROC_MAPS, Kind.PROC_SMAPS, Kind.KMEM_MAP})
 
 
 @dataclass(slots=True)
@@ -170,11 +190,10 @@ class VMFS(pyfuse3.Operations):
     # -- attributes ----------------------------------------------------------
 
     def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
-        """Fresh attributes of an existing node (sizes rendered now)."""
+        """Fresh attributes of an existing node; text and control files are
+        not rendered (st_size 0, module docstring)."""
         mode = node.mode
-        if mode in (Mode.TEXT, Mode.CONTROL):
-            size = len(self.tree.text(node).encode())
-        elif mode is Mode.MEMORY:
+        if mode is Mode.MEMORY:
             size = memfile.size(self.kernel, node)
         elif mode is Mode.LINK:
             size = len(self.tree.readlink(node))
@@ -198,8 +217,8 @@ class VMFS(pyfuse3.Operations):
         a.st_rdev = 0
         a.st_size = size
         a.st_blksize = PAGE_SIZE
-        # Memory files are sparse views; only text has "blocks" worth counting.
-        a.st_blocks = 0 if mode is Mode.MEMORY else (size + 511) // 512
+        # Memory files are sparse views, text is made at open: no blocks.
+        a.st_blocks = 0
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self._time_ns
         return a
 
@@ -300,11 +319,17 @@ class VMFS(pyfuse3.Operations):
         if mode is Mode.TEXT and writing:
             raise pyfuse3.FUSEError(errno.EACCES)
         opened = _OpenFile(node)
-        if mode in (Mode.TEXT, Mode.CONTROL):
-            opened.text = self.tree.text(node).encode()
+        if node.kind in _LONG:
+            opened.text = await _blocking(self._render, node)
+        elif mode in (Mode.TEXT, Mode.CONTROL):
+            opened.text = self._render(node)
         fh = next(self._fh)
         self._files[fh] = opened
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+
+    def _render(self, node: Node) -> bytes:
+        """The text of a text or control node now, encoded."""
+        return self.tree.text(node).encode()
 
     def _file(self, fh: int) -> _OpenFile:
         opened = self._files.get(fh)

@@ -28,7 +28,11 @@ Any other kernel error is answered with the errno of its `VMError`.
 
 `write` may block (a page allocation waits up to the kernel's `oom_timeout`
 for memory), so `fs.py` calls it in a worker thread; reads never wait for
-memory and run on the trio thread.
+memory and run on the trio thread.  A read is one FUSE request, at most
+1 MiB (libfuse's max_pages of 256), so it holds the trio thread for one
+peek of that size: the peek allocates its result once, at its final size,
+and fills it with one C copy per run of pages, and pyfuse3 replies from
+that bytes object without copying it again.
 """
 
 from __future__ import annotations

@@ -68,6 +68,14 @@ def _kb(nbytes: int) -> int:
     return nbytes >> 10
 
 
+def _kb_format(label: str) -> str:
+    """The `str.format` template of one `Label:   value kB` line (`kb_line`)."""
+    head = f"{label}:"
+    head = f"{head:<{_LABEL_WIDTH}}" if len(head) < _LABEL_WIDTH else head + " "
+    width = max(1, _LABEL_WIDTH + _VALUE_WIDTH - len(head))
+    return head.replace("{", "{{").replace("}", "}}") + f"{{:>{width}}} kB\n"
+
+
 def kb_line(label: str, kb: int) -> str:
     """One `Label:   value kB` line as meminfo and smaps print it.
 
@@ -76,10 +84,7 @@ def kb_line(label: str, kb: int) -> str:
     does).  A label too long for its field gets one space and a value field
     shortened to keep 24 columns, as Linux prints `Private_Hugetlb: %7lu`.
     """
-    head = f"{label}:"
-    head = f"{head:<{_LABEL_WIDTH}}" if len(head) < _LABEL_WIDTH else head + " "
-    width = max(1, _LABEL_WIDTH + _VALUE_WIDTH - len(head))
-    return f"{head}{kb:>{width}} kB\n"
+    return _kb_format(label).format(kb)
 
 
 def perms(entry: MapEntry) -> str:
@@ -138,36 +143,33 @@ def vmflags(entry: MapEntry) -> str:
     return "VmFlags: " + "".join(f + " " for f in flags) + "\n"
 
 
+# The counter lines of an smaps block, in Linux's order.  None: a value of
+# the entry, filled in by `smaps_block`; a number: the same for every entry
+# (4 KiB pages, no huge pages, no lazily freed memory).
+_SMAPS_ROWS: tuple[tuple[str, int | None], ...] = (
+    ("Size", None), ("KernelPageSize", _kb(PAGE_SIZE)), ("MMUPageSize", _kb(PAGE_SIZE)),
+    ("Rss", None), ("Pss", None), ("Shared_Clean", None), ("Shared_Dirty", None),
+    ("Private_Clean", None), ("Private_Dirty", None), ("Referenced", None), ("Anonymous", None),
+    ("LazyFree", 0), ("AnonHugePages", 0), ("ShmemPmdMapped", 0), ("FilePmdMapped", 0),
+    ("Shared_Hugetlb", 0), ("Private_Hugetlb", 0),
+    ("Swap", None), ("SwapPss", None), ("Locked", None),
+)
+# One template for all of them, made once: a block is then one format call
+# (kb_line per line costs most of the time of a big smaps).  THPeligible is
+# a bare number in the same 24 columns, no unit.
+_SMAPS_BODY = "".join(_kb_format(label) if value is None else kb_line(label, value)
+                      for label, value in _SMAPS_ROWS) + f"{'THPeligible:':<{_LABEL_WIDTH}}{0:>{_VALUE_WIDTH}}\n"
+
+
 def smaps_block(info: SmapsInfo) -> str:
     """One /proc/<pid>/smaps block: the maps line, the counters, VmFlags."""
     e = info.entry
-    rows = (
-        ("Size", _kb(e.end - e.start)),
-        ("KernelPageSize", _kb(PAGE_SIZE)),
-        ("MMUPageSize", _kb(PAGE_SIZE)),
-        ("Rss", _kb(info.rss)),
-        ("Pss", _kb(info.pss)),
-        ("Shared_Clean", _kb(info.shared_clean)),
-        ("Shared_Dirty", _kb(info.shared_dirty)),
-        ("Private_Clean", _kb(info.private_clean)),
-        ("Private_Dirty", _kb(info.private_dirty)),
-        ("Referenced", _kb(info.referenced)),
-        ("Anonymous", _kb(info.anonymous)),
-        ("LazyFree", 0),
-        ("AnonHugePages", 0),
-        ("ShmemPmdMapped", 0),
-        ("FilePmdMapped", 0),
-        ("Shared_Hugetlb", 0),
-        ("Private_Hugetlb", 0),
-        ("Swap", _kb(info.swap)),
-        # XXX the inspection API gives no per-slot share count, so SwapPss
-        # is the unshared figure (exact unless swapped pages are shared).
-        ("SwapPss", _kb(info.swap)),
-        ("Locked", _kb(info.locked)),
-    )
-    body = "".join(kb_line(label, value) for label, value in rows)
-    # THPeligible is a bare number in the same 24 columns, no unit.
-    return maps_line(e) + body + f"{'THPeligible:':<{_LABEL_WIDTH}}{0:>{_VALUE_WIDTH}}\n" + vmflags(e)
+    # XXX the inspection API gives no per-slot share count, so SwapPss
+    # is the unshared figure (exact unless swapped pages are shared).
+    body = _SMAPS_BODY.format(*(_kb(v) for v in (
+        e.end - e.start, info.rss, info.pss, info.shared_clean, info.shared_dirty, info.private_clean,
+        info.private_dirty, info.referenced, info.anonymous, info.swap, info.swap, info.locked)))
+    return maps_line(e) + body + vmflags(e)
 
 
 def smaps(infos: Iterable[SmapsInfo]) -> str:

@@ -45,7 +45,6 @@ from . import render
 
 if TYPE_CHECKING:
     from rumpvm import Kernel, Proc
-    from rumpvm.inspect import ObjectInfo
 
 
 class Mode(enum.Enum):
@@ -235,9 +234,9 @@ class Tree:
         if node.mode is not Mode.DIR:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if kind is Kind.PROC:
-            return [(str(p.pid), Node(Kind.PROC_DIR, p.pid)) for p in sorted(self.kernel.procs(), key=_pid)]
+            return [(str(p.pid), Node(Kind.PROC_DIR, p.pid)) for p in self.kernel.procs()]  # by pid
         if kind is Kind.OBJECTS:
-            return [(str(o.id), Node(Kind.OBJ_DIR, o.id)) for o in sorted(self.kernel.objects(), key=_oid)]
+            return [(str(o.id), Node(Kind.OBJ_DIR, o.id)) for o in self.kernel.objects()]  # by id
         if kind is Kind.KMEM:
             maps = [(_file_name(m.name), Node(Kind.KMEM_MAP, i)) for i, m in enumerate(self.kernel.kmem_maps())]
             return [*maps, ("pools", Node(Kind.KMEM_POOLS))]
@@ -319,14 +318,6 @@ class Tree:
             # The process exited between the lookup and the call.
             raise _gone(err) from None
         raise pyfuse3.FUSEError(errno.EINVAL)
-
-
-def _pid(p: Proc) -> int:
-    return p.pid
-
-
-def _oid(o: ObjectInfo) -> int:
-    return o.id
 
 
 def _file_name(name: str) -> str:

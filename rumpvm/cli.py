@@ -1,5 +1,7 @@
 """The `rumpvm` command: `demo` (run the demo workload and print maps and
-counters), `mount` (serve /vm in the foreground), `lab` (experiments)."""
+counters), `mount` (serve /vm in the foreground), `experiment` (memory-limit
+experiments, rumpvm/lab.py), `trace` (record and inspect traces,
+rumpvm/trace.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
+from . import lab, trace
 from .constants import PAGE_SIZE
 from .errors import VMError
 
@@ -96,12 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--allow-other", action="store_true", help="let other users see the mount")
     kernel_args(m)
     m.set_defaults(fn=cmd_mount)
-    try:
-        from .lab import add_cli
-        add_cli(sub)
-    except ImportError:
-        pass
+    lab.add_cli(sub)
+    trace.add_cli(sub)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # results.json records the command
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="rumpvm: %(message)s", stream=sys.stderr)
     try:

@@ -27,6 +27,11 @@ class OutOfMemory(VMError):
         super().__init__(errno.ENOMEM, message)
         self.written: int | None = None
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # OSError pickles as (errno, strerror): rebuild from our own arguments
+        # (an experiment worker's error crosses a process boundary).
+        return type(self), (self.strerror,), {"written": self.written}
+
 
 class SegmentationFault(VMError):
     """Access to an unmapped page or without the right protection (EFAULT).
@@ -42,6 +47,9 @@ class SegmentationFault(VMError):
         self.addr = addr
         self.access = access
         self.code = code
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return type(self), (self.addr, self.access, self.code)
 
 
 def einval(message: str) -> VMError:

@@ -53,7 +53,7 @@ from .constants import (
 )
 from .errors import OutOfMemory, VMError, einval
 from .fault import vm_fault
-from .inspect import MapEntry, ProcStatus, SmapsInfo, entry_record, peek_map, smaps_record
+from .inspect import MapEntry, ProcStatus, SmapsInfo, entry_record, peek_map, smaps_record, status_record
 from .map import SGROWSIZ, STACK_NAME, VMMap, VMMapEntry, stack_range_free
 from .physmem import Reservation, pool_prime, pool_room, reserve, reserve_more
 from .uio import check_access, vm_read, vm_readinto, vm_replay, vm_write
@@ -690,13 +690,7 @@ class Proc:
         """Name, state, sizes (side-effect free: a swapped-out process stays out)."""
         with self.kernel.gate:
             self._check_alive()
-            vmap = self.vmspace
-            sm = [smaps_record(self.kernel, vmap, e) for e in vmap.entries()]
-            return ProcStatus(self.name, STATE_NAMES[self.state], self.pid, self.ppid, vmap.size,
-                              sum(s.rss for s in sm), sum(s.swap for s in sm),
-                              sum(e.end - e.start for e in vmap.entries() if e.wired_count),
-                              sum(e.end - e.start for e in vmap.entries() if e.name == STACK_NAME))
-
+            return status_record(self.vmspace, self.name, STATE_NAMES[self.state], self.pid, self.ppid)
 
 STATE_NAMES = {"R": "R (running)", "S": "S (sleeping)", "T": "T (stopped)", "W": "W (swapped out)",
                "Z": "Z (zombie)"}

@@ -698,3 +698,19 @@ def test_mlock_over_the_wired_limit_is_enomem_and_wires_nothing():
         p.mlock(BASE + 4 * P, limit_pages * P)  # exactly the limit
         expect_errno(p, errno.ENOMEM, p.mlock, BASE, P)
         k.check()
+
+
+def test_errors_survive_pickling():
+    """Experiment workers send errors across processes: every VMError must
+    come back with its errno, message and fields."""
+    import pickle
+
+    oom = rumpvm.OutOfMemory("no frames")
+    oom.written = 8192
+    segv = rumpvm.SegmentationFault(0x7000, rumpvm.PROT_WRITE, "SEGV_ACCERR")
+    for e in (oom, segv, rumpvm.VMError(22, "bad")):
+        back = pickle.loads(pickle.dumps(e))
+        assert type(back) is type(e) and back.errno == e.errno and str(back) == str(e)
+    assert pickle.loads(pickle.dumps(oom)).written == 8192
+    back = pickle.loads(pickle.dumps(segv))
+    assert (back.addr, back.access, back.code) == (0x7000, rumpvm.PROT_WRITE, "SEGV_ACCERR")

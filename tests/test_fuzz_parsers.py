@@ -5,7 +5,7 @@ Targets (see fuzz/__init__.py and each module's docstring for the
 documented outcomes it enforces):
   * fuzz.size    — rumpvm.param.parse_size/parse_limit/format_size,
                    Kernel(memlimit=...), RUMP_MEMLIMIT, the k.memlimit setter;
-  * fuzz.trace   — rumpvm.lab.read_trace (page-number and csv trace files);
+  * fuzz.trace   — rumpvm.trace.open_trace/load (every trace file format);
   * fuzz.control — mountd.control.parse_limit and mountd.control.write
                    (the /vm control files), called directly on a kernel;
   * fuzz.names   — mountd.tree.parse_id and the /proc/self/mounts field
@@ -69,32 +69,25 @@ def test_fuzz_parser_stress(target: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("column", [-2, -5])
 def test_bug_read_trace_negative_column_indexerror(tmp_path: Path, column: int) -> None:
-    """read_trace(path, column=-2) on a one-column file raises IndexError
-    (`first[min(col, len(first) - 1)]` in the header test); the documented
-    errors of a trace file are ValueError and OSError (what `rumpvm lab`
-    catches: `rumpvm lab --trace FILE --column -2` dies with a traceback)."""
-    from rumpvm.lab import read_trace
+    """A negative `column` raised IndexError from the old trace reader; the
+    documented errors of a trace file are ValueError and OSError."""
+    from rumpvm.trace import load, open_trace
 
     path = tmp_path / "trace.txt"
     path.write_text("5\n6\n")
-    try:
-        read_trace(path, column=column)
-    except (ValueError, OSError):
-        pass
-    except IndexError as e:
-        pytest.fail(f"IndexError escaped read_trace: {e}")
+    with pytest.raises(ValueError):
+        load(open_trace(path, column=column))
 
 
 def test_bug_read_trace_int_column_ignored_with_header(tmp_path: Path) -> None:
-    """An integer `column` is ignored when the file has a header naming a
-    known page column: `obj_id,page` with column=1 reads the obj_id column
-    (the header search overrides `col`), so the trace is silently wrong."""
-    from rumpvm.lab import read_trace
+    """An integer `column` was ignored when the header named a known page
+    column (`obj_id,page` with column=1 read obj_id): silently wrong."""
+    from rumpvm.trace import load, open_trace
 
     path = tmp_path / "trace.csv"
     path.write_text("obj_id,page\n5,6\n7,8\n")
-    assert read_trace(path, column="page", compact=False) == [6, 8]
-    assert read_trace(path, column=1, compact=False) == [6, 8]
+    for column in ("page", 1):
+        assert [v >> 1 for v in load(open_trace(path, column=column), compacted=False)] == [6, 8]
 
 
 def test_bug_rump_memlimit_not_utf8(tmp_path: Path) -> None:

@@ -1,293 +1,326 @@
-"""The lab (rumpvm/lab.py): traces, reference simulations, kernel replays,
-sweeps, tables, plots and the `rumpvm lab` command.
+"""The lab's library side (rumpvm/lab.py, rumpvm/workloads.py): kernel
+replays against independent references, the read/write model, workloads,
+sweeps, tables and plots.
 
-The kernel checks are the issue-3 requirements: exact LRU in the kernel
-faults exactly as often as libCacheSim's LRU (and the lab's own simulation)
-on the same trace and capacity; Belady's OPT is never beaten by any kernel
-policy; the capacity given to `run_trace` is the number of frames the trace's
-pages really get.
+The exactness checks are the lab's reason to exist: on a real trace (a tiny
+C program recorded under valgrind in the test), the kernel's LRU and FIFO
+fault exactly as often as libCacheSim's, OPT equals libCacheSim's Belady,
+and LRU equals the one-pass miss-ratio curve at every limit run.
 """
 
 from __future__ import annotations
 
 import random
+import subprocess
+from array import array
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rumpvm import lab
-from rumpvm.cli import main
+from rumpvm import lab, mrc, trace, workloads
+from rumpvm.constants import PAGE_SIZE
+from rumpvm.physmem import MIN_LIMIT
 
 # libcachesim is a declared test dependency ([test] extra): imported where it
 # is used, so its absence fails those tests instead of skipping the file.
 
+PROGRAM = r"""
+#include <stdlib.h>
+#include <string.h>
+int main(void) {
+    size_t n = 64 * 4096;
+    unsigned char *a = malloc(n);
+    unsigned s = 1;
+    memset(a, 1, n / 2);                      /* writes half, reads the rest */
+    for (int i = 0; i < 1500; i++) {
+        s = s * 1103515245u + 12345u;
+        size_t off = (s >> 8) % n;
+        if (i & 1) a[off] ^= 1; else s += a[off];
+    }
+    return (int)(s & 1);
+}
+"""
 
-def lcs_misses(policy: str, trace: list[int], capacity: int) -> int:
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real trace: a tiny static C program (no dynamic loader, so a few
+    thousand accesses) recorded with valgrind's lackey."""
+    d = tmp_path_factory.mktemp("rec")
+    (d / "prog.c").write_text(PROGRAM)
+    subprocess.run(["gcc", "-O1", "-static", "-o", str(d / "prog"), str(d / "prog.c")], check=True)
+    out = d / "prog.trace"
+    res = trace.record([str(d / "prog")], out)
+    assert res.info.accesses > 1000 and res.info.reads and res.info.writes
+    return out
+
+
+def pages_of(src: lab.Source) -> list[int]:
+    assert src.accesses is not None
+    return [v >> 1 for v in src.accesses]
+
+
+def lcs_misses(policy: str, pages: list[int], capacity: int) -> int:
     """Misses of libCacheSim's `policy` ("LRU", "FIFO") cache of `capacity`
-    unit-size objects."""
+    unit-size objects, one request at a time."""
     import libcachesim as lcs
 
-    cache = getattr(lcs, policy)(cache_size=capacity)
+    cache = getattr(lcs, policy)(cache_size=capacity, hashpower=10)  # the default table is 2^24
     req = lcs.Request()
     misses = 0
-    for page in trace:
+    for page in pages:
         req.obj_id = page
         req.obj_size = 1
         misses += not cache.get(req)
     return misses
 
 
-def lcs_belady(trace: list[int], capacity: int) -> int:
+def lcs_belady(pages: list[int], capacity: int) -> int:
     """libCacheSim's Belady, fed the next-access times it needs."""
     import libcachesim as lcs
 
-    n = len(trace)
+    n = len(pages)
     nxt = [0] * n
     last: dict[int, int] = {}
     for i in range(n - 1, -1, -1):
-        nxt[i] = last.get(trace[i], 1 << 62)
-        last[trace[i]] = i
-    cache = lcs.Belady(cache_size=capacity)
+        nxt[i] = last.get(pages[i], 1 << 62)
+        last[pages[i]] = i
+    cache = lcs.Belady(cache_size=capacity, hashpower=10)
     req = lcs.Request()
     misses = 0
-    for i, page in enumerate(trace):
+    for i, page in enumerate(pages):
         req.obj_id, req.obj_size, req.clock_time, req.next_access_vtime = page, 1, i, nxt[i]
         misses += not cache.get(req)
     return misses
 
 
-# A few hundred to a couple of thousand accesses: random (no locality), zipf
-# (skewed), and a loop (LRU's worst case below its length, all hits above).
-TRACES = {
-    "random": lab.trace_random(1500, 100, seed=1),
-    "zipf": lab.trace_zipf(2000, 200, seed=2),
-    "loop": lab.trace_seq(800, 40),
-    "shift": lab.trace_shift(1200, 160, seed=3),
-}
-CAPACITIES = (16, 32, 64)
+def writes(pages: list[int]) -> list[int]:
+    """Pages as write accesses."""
+    return [p << 1 | 1 for p in pages]
 
 
-# -- reference simulations --------------------------------------------------------
+# -- OPT --------------------------------------------------------------------------
 
 TEXTBOOK = [7, 0, 1, 2, 0, 3, 0, 4, 2, 3, 0, 3, 2, 1, 2, 0, 1, 7, 0, 1]
 
 
-def test_simulations_on_the_textbook_trace() -> None:
-    # The classic reference string with 3 frames: OPT 9, LRU 12, FIFO 15.
+def test_opt_on_the_textbook_trace() -> None:
+    # The classic reference string with 3 frames: OPT 9 (LRU 12, FIFO 15).
     assert lab.opt_faults(TEXTBOOK, 3) == 9
-    assert lab.lru_faults(TEXTBOOK, 3) == 12
-    assert lab.fifo_faults(TEXTBOOK, 3) == 15
+    assert lcs_misses("LRU", TEXTBOOK, 3) == 12 and lcs_misses("FIFO", TEXTBOOK, 3) == 15
     with pytest.raises(ValueError):
         lab.opt_faults(TEXTBOOK, 0)
 
 
-@pytest.mark.parametrize("name", sorted(TRACES))
-def test_simulations_match_libcachesim(name: str) -> None:
-    trace = TRACES[name]
-    for cap in CAPACITIES:
-        assert lab.lru_faults(trace, cap) == lcs_misses("LRU", trace, cap)
-        assert lab.fifo_faults(trace, cap) == lcs_misses("FIFO", trace, cap)
-        assert lab.opt_faults(trace, cap) == lcs_belady(trace, cap)
-
-
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(st.lists(st.integers(0, 12), max_size=120), st.integers(1, 10))
-def test_opt_bounds(trace: list[int], cap: int) -> None:
-    opt = lab.opt_faults(trace, cap)
-    assert len(set(trace)) <= opt <= min(lab.lru_faults(trace, cap), lab.fifo_faults(trace, cap))
-    # OPT and LRU are stack algorithms: more memory never costs faults.
-    assert lab.opt_faults(trace, cap + 1) <= opt
-    assert lab.lru_faults(trace, cap + 1) <= lab.lru_faults(trace, cap)
+def test_opt_is_belady_and_a_lower_bound(pages: list[int], cap: int) -> None:
+    opt = lab.opt_faults(pages, cap)
+    assert opt == lcs_belady(pages, cap)
+    assert len(set(pages)) <= opt <= min(lcs_misses("LRU", pages, cap), lcs_misses("FIFO", pages, cap))
+    assert lab.opt_faults(pages, cap + 1) <= opt  # a stack algorithm
 
 
-# -- kernel replays -----------------------------------------------------------------
+# -- kernel replays of a recorded trace ----------------------------------------------
 
-@pytest.mark.parametrize("name", ["random", "zipf", "loop"])
-def test_kernel_lru_is_exact(name: str) -> None:
-    trace = TRACES[name]
-    for cap in CAPACITIES:
-        r = lab.run_trace(trace, cap, "lru")
-        assert r.faults == lab.lru_faults(trace, cap) == lcs_misses("LRU", trace, cap), (name, cap)
-        assert r.pageins is not None and r.zerofills == len(set(trace))
-        assert r.faults == r.pageins + r.zerofills
-
-
-def test_kernel_lru_misses_per_access() -> None:
-    # Not just the total: every single access hits or misses as in the model.
-    trace = lab.trace_hotcold(600, 80, seed=4)
-    r = lab.run_trace(trace, 12, "lru", record=True, check=True)
-    model: dict[int, None] = {}
-    expected = []
-    for p in trace:
-        hit = p in model
-        expected.append(not hit)
-        model.pop(p, None)
-        model[p] = None
-        if len(model) > 12:
-            del model[next(iter(model))]
-    assert r.misses == expected
+def test_kernel_is_exact_on_a_recorded_trace(recorded: Path) -> None:
+    src = lab.load_source(recorded)
+    pages = pages_of(src)
+    assert src.kind == "trace" and src.distinct == len(set(pages))
+    assert src.sha256 == trace.open_trace(recorded).info().sha256
+    curve = mrc.lru_mrc(pages)
+    for frames in (4, src.distinct // 3, src.distinct):
+        limit = frames * PAGE_SIZE
+        lru = lab.run(src, limit, "lru", check=True)
+        assert lru.faults == lcs_misses("LRU", pages, frames) == curve.misses(frames), frames
+        assert lru.faults == lru.zerofills + lru.pageins  # type: ignore[operator]
+        assert lab.run(src, limit, "fifo").faults == lcs_misses("FIFO", pages, frames), frames
+        opt = lab.run(src, limit, "opt")
+        assert opt.faults == lcs_belady(pages, frames) and opt.pageouts is None
+        # The --check path (libCacheSim's C loop over an oracleGeneral file)
+        # gives the same counts as request-by-request.
+        theirs = lab.libcachesim_faults(src.accesses, [frames], ["lru", "fifo", "opt"])  # type: ignore[arg-type]
+        assert theirs == {("lru", frames): lru.faults, ("fifo", frames): lcs_misses("FIFO", pages, frames),
+                          ("opt", frames): opt.faults}
 
 
-def test_kernel_fifo_is_fifo() -> None:
-    trace = TRACES["zipf"]
-    assert lab.run_trace(trace, 32, "fifo").faults == lab.fifo_faults(trace, 32)
+def test_check_rows_agree_on_a_recorded_trace(recorded: Path) -> None:
+    src = lab.load_source(recorded)
+    rows = lab.sweep(src, [f"{4 * PAGE_SIZE}", f"{src.distinct // 2 * PAGE_SIZE}"], ["lru", "fifo", "opt", "clock"])
+    checked = lab.check_rows(src, rows)
+    assert {(c.policy, c.frames) for c in checked} == {(p, f) for p in ("lru", "fifo", "opt")
+                                                       for f in (4, src.distinct // 2)}
+    assert all(c.agrees for c in checked)
+    assert all((c.mrc is not None) == (c.policy == "lru") for c in checked)
+    table = lab.format_check(checked)
+    assert "libCacheSim" in table and "lru-mrc" in table and "MISMATCH" not in table
 
 
-@pytest.mark.parametrize("name", sorted(TRACES))
-def test_opt_never_beaten(name: str) -> None:
-    trace = TRACES[name]
-    for cap in CAPACITIES:
-        opt = lab.opt_faults(trace, cap)
-        for policy in lab.POLICY_NAMES:
-            r = lab.run_trace(trace, cap, policy)
-            assert r.faults >= opt, (name, cap, policy, r.faults, opt)
-            assert r.faults >= len(set(trace))
+def test_reads_are_clean_and_writes_dirty() -> None:
+    # A loop over 10 pages, 3 times, with 4 frames: LRU misses every access.
+    loop = [i % 10 for i in range(30)]
+    reads = lab.run([p << 1 for p in loop], 4 * PAGE_SIZE, "lru", check=True)
+    assert reads.faults == 30 and reads.zerofills == 30  # a dropped clean page is zero-filled again
+    assert reads.pageouts == 0 and reads.pageins == 0  # ... and never written out
+    dirty = lab.run(writes(loop), 4 * PAGE_SIZE, "lru", check=True)
+    assert dirty.faults == 30 and dirty.zerofills == 10 and dirty.pageins == 20
+    assert dirty.pageouts is not None and dirty.pageouts >= 20
 
 
-@pytest.mark.parametrize("policy", lab.POLICY_NAMES)
-def test_capacity_is_honoured(policy: str) -> None:
-    trace = lab.trace_random(400, 60, seed=5)
-    for cap in (1, 7, 24):  # 1 and 7 need the wired pad under the minimum limit
-        r = lab.run_trace(trace, cap, policy, track_resident=True, check=True)
-        assert r.max_resident == cap, (policy, cap)
-        # Every miss past the first `cap` distinct pages evicted one page.
-        assert r.pageouts == r.faults - cap
-    # More room than pages: nothing is ever evicted.
-    r = lab.run_trace(trace, 100, policy, track_resident=True)
-    assert (r.max_resident, r.faults, r.pageouts, r.pageins) == (60, 60, 0, 0)
+@pytest.mark.parametrize("policy", ["clock", "lru", "fifo", "random", "opt"])
+def test_frames_are_what_the_limit_says(policy: str) -> None:
+    rng = random.Random(5)
+    acc = writes([rng.randrange(60) for _ in range(400)])
+    for frames in (1, 7, 24):  # 1 and 7 need the wired pad under the kernel's minimum limit
+        r = lab.run(acc, frames * PAGE_SIZE + 100, policy, check=True)  # a partial page gives no frame
+        assert r.frames == frames and r.limit == frames * PAGE_SIZE + 100
+        if policy != "opt":
+            assert r.peak_resident == frames * PAGE_SIZE
+            assert r.pageouts == r.faults - frames  # every miss past the first `frames` evicted one dirty page
+    r = lab.run(acc, 100 * PAGE_SIZE, policy)  # room for every page: only cold misses
+    assert r.faults == 60 and r.pageins in (0, None) and r.pageouts in (0, None)
 
 
-def test_run_trace_bad_arguments() -> None:
+def test_random_policy_is_seeded() -> None:
+    rng = random.Random(6)
+    acc = writes([rng.randrange(40) for _ in range(600)])
+    first = lab.run(acc, 10 * PAGE_SIZE, "random", seed=3)
+    assert first.seed == 3
+    assert [lab.run(acc, 10 * PAGE_SIZE, "random", seed=3).faults for _ in range(2)] == [first.faults] * 2
+
+
+def test_bad_arguments_change_nothing() -> None:
+    acc = writes([0, 1, 2])
+    for kwargs in ({"limit": 0}, {"limit": 100}, {"limit": "4K", "policy": "mru"}, {"limit": "auto"},
+                   {"limit": "x"}):
+        with pytest.raises(ValueError):
+            lab.run(acc, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="workload"):
+        lab.run(acc, "4K", params=["footprint=1M"])
+    with pytest.raises(ValueError, match="opt"):
+        lab.run("scan", "1M", "opt")
+    with pytest.raises(ValueError, match="minimum"):
+        lab.run("scan", MIN_LIMIT - PAGE_SIZE)
+    with pytest.raises(OSError):
+        lab.run("/nonexistent/trace", "4K")
     with pytest.raises(ValueError):
-        lab.run_trace([1, 2], 0)
-    with pytest.raises(ValueError):
-        lab.run_trace([1, 2], 4, "mru")
-    with pytest.raises(ValueError):
-        lab.run_trace([1, -2], 4)
+        lab.sweep(acc, "8K", repeat=0)
 
 
-# -- traces ----------------------------------------------------------------------------
+# -- workloads ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", lab.GENERATORS)
-def test_generators(kind: str) -> None:
-    t = lab.make_trace(kind, 1000, 50, seed=7)
-    assert len(t) == 1000 and all(0 <= p < 50 for p in t)
-    assert t == lab.make_trace(kind, 1000, 50, seed=7)  # seeded: reproducible
-    with pytest.raises(ValueError):
-        lab.make_trace(kind, 10, 0)
+TINY = ["footprint=512K"]
 
 
-def test_generator_shapes() -> None:
-    assert lab.trace_seq(7, 3) == [0, 1, 2, 0, 1, 2, 0]
-    z = lab.trace_zipf(5000, 100, seed=1)
-    top = max(z.count(p) for p in set(z))
-    assert top > 5000 // 10  # rank 1 draws ~19% of a 1/r law over 100 pages
-    hc = lab.trace_hotcold(5000, 100, seed=1)
-    assert sum(p < 10 for p in hc) > 0.85 * 5000
-    sh = lab.trace_shift(4000, 200, phases=4, wss=40, seed=1)
-    for ph in range(4):
-        window = set(sh[ph * 1000:(ph + 1) * 1000])
-        assert max(window) - min(window) < 40
-    assert set(sh[:1000]) != set(sh[-1000:])
-    with pytest.raises(ValueError):
-        lab.make_trace("nope", 1, 1)
+@pytest.mark.parametrize("name", sorted(workloads.WORKLOADS))
+def test_workload_pages_under_a_low_limit(name: str) -> None:
+    src = lab.load_source(name, params=TINY + (["every=32"] if name == "phases" else []))
+    fp = workloads.WORKLOADS[name].footprint(src.params)
+    assert src.footprint == fp and src.kind == "workload"
+    roomy = lab.run(src, 4 * fp + MIN_LIMIT, "clock", check=True)
+    tight = lab.run(src, MIN_LIMIT, "clock", check=True)
+    assert roomy.accesses == tight.accesses > 0  # the seed fixes the accesses
+    assert roomy.pageouts == 0 and roomy.pageins == 0
+    assert tight.pageouts and tight.faults > roomy.faults  # the footprint does not fit: it pages
+    assert roomy.peak_resident is not None and tight.peak_resident is not None
+    assert tight.peak_resident <= MIN_LIMIT < roomy.peak_resident
 
 
-def test_read_trace_formats(tmp_path: Path) -> None:
-    plain = tmp_path / "plain.txt"
-    plain.write_text("# comment\n5\n\n7\n0x5\n9\n")
-    assert lab.read_trace(plain) == [0, 1, 0, 2]
-    assert lab.read_trace(plain, compact=False) == [5, 7, 5, 9]
-    csvf = tmp_path / "t.csv"
-    csvf.write_text("time,obj_id,obj_size\n1,100,4096\n2,200,4096\n3,100,4096\n")
-    assert lab.read_trace(csvf) == [0, 1, 0]
-    assert lab.read_trace(csvf, column="time", compact=False) == [1, 2, 3]
-    bare = tmp_path / "bare.csv"
-    bare.write_text("1,100,4096\n2,300,4096\n")  # libCacheSim csv order, no header
-    assert lab.read_trace(bare, compact=False) == [100, 300]
-    assert lab.read_trace(bare, column=2, compact=False) == [4096, 4096]
-    bad = tmp_path / "bad.txt"
-    bad.write_text("1\nfoo\n")
-    with pytest.raises(ValueError, match="line 2"):
-        lab.read_trace(bad)
+def test_workload_accesses_follow_the_knobs() -> None:
+    pages = (512 << 10) // PAGE_SIZE
+    assert lab.run("scan", "2M", params=[*TINY, "passes=3"]).accesses == 3 * pages
+    assert lab.run("random", "2M", params={"footprint": "512K", "passes": 2}).accesses == 2 * pages
+    loop = lab.run("loop", "2M", params=[*TINY, "wss=0.5", "passes=2"])
+    assert loop.accesses == pages + 2 * pages // 2  # writes every page once, then loops over half
+    # Only first touches fault (and the kernel's own zero-fills: the u-area).
+    assert loop.pageins == 0 and pages <= loop.faults < pages + 8
+    fork = lab.run("fork", "4M", params=[*TINY, "children=2", "fraction=0.5"])
+    assert fork.accesses == pages + 2 * pages // 2
 
 
-def test_trace_file_round_trip_with_libcachesim(tmp_path: Path) -> None:
-    trace = lab.trace_zipf(1000, 100, seed=9)
-    path = tmp_path / "z.txt"
-    lab.write_trace(trace, path)
-    assert lab.read_trace(path, compact=False) == trace
-    import libcachesim as lcs
+def test_workload_params_are_checked() -> None:
+    p = workloads.parse_params("zipf", ["alpha=0.8", "footprint=1M"])
+    assert p["alpha"] == 0.8 and p["footprint"] == 1 << 20 and p["writes"] == 0.5
+    for bad in (["nope=1"], ["alpha"], ["alpha=x"], ["writes=2"], ["footprint=100"], ["passes=0"]):
+        with pytest.raises(ValueError):
+            workloads.parse_params("zipf", bad)
+    with pytest.raises(ValueError, match="unknown workload"):
+        workloads.parse_params("nope", [])
+    with pytest.raises(ValueError, match="children"):
+        workloads.parse_params("fork", ["children=1.5"])
 
-    reader = lcs.TraceReader(str(path), lcs.TraceType.PLAIN_TXT_TRACE)
-    miss_ratio, _ = lcs.LRU(cache_size=16).process_trace(reader)
-    assert round(miss_ratio * len(trace)) == lab.lru_faults(lab.read_trace(path), 16)
+
+# -- sweeps, limits, tables, plots ------------------------------------------------------------
+
+def test_auto_limits() -> None:
+    src = lab.load_source(writes(list(range(160))))
+    lims = lab.auto_limits(src)
+    assert lims[0] == 10 * PAGE_SIZE and lims[-1] == 160 * PAGE_SIZE  # 1/16 .. all of the footprint
+    assert len(lims) == lab.AUTO_POINTS and lims == sorted(set(lims))
+    assert lab.auto_limits(lab.load_source(writes([0, 1]))) == [PAGE_SIZE, 2 * PAGE_SIZE]  # at least a frame
+    wl = lab.auto_limits(lab.load_source("scan", params=["footprint=8M"]))
+    assert wl[0] == 512 << 10 and wl[-1] == 8 << 20
+    wl = lab.auto_limits(lab.load_source("scan", params=["footprint=1M"]))
+    assert wl[0] == MIN_LIMIT and wl[-1] == 1 << 20  # a workload's kernel needs its minimum
+    assert lab.parse_limits("auto") is None and lab.parse_limits("4K, 2K,4K") == [2048, 4096]
 
 
-# -- sweeps, tables, plots, CLI ------------------------------------------------------------
-
-def test_sweep_table_and_plot(tmp_path: Path) -> None:
-    trace = lab.trace_zipf(500, 80, seed=3)
-    rows = lab.sweep(trace, [8, 24], ["lru", "fifo"])
-    assert [(r.capacity, r.policy) for r in rows] == [
-        (8, "opt"), (8, "lru"), (8, "fifo"), (24, "opt"), (24, "lru"), (24, "fifo")]
-    for r in rows:
-        if r.policy == "lru":
-            assert r.faults == lab.lru_faults(trace, r.capacity)
-    table = lab.format_table(rows)
-    lines = table.splitlines()
-    assert lines[0].split() == ["capacity", "opt", "lru", "fifo"]
-    assert lines[2].split()[0] == "8" and len(lines) == 4
-    detail = lab.format_table(rows, detail=True)
-    assert "pageouts" in detail.splitlines()[0] and len(detail.splitlines()) == 8
-    png = tmp_path / "f.png"
-    lab.plot(rows, png)
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    csvp = tmp_path / "rows.csv"
-    lab.write_csv(rows, csvp)
-    assert csvp.read_text().splitlines()[0].startswith("capacity,policy,accesses,faults")
+def test_sweep_rows_and_repeats() -> None:
+    rng = random.Random(7)
+    acc = [rng.randrange(30) << 1 | rng.randrange(2) for _ in range(300)]
+    rows = lab.sweep(acc, ["8K", "40K"], ["opt", "lru", "random"], repeat=2, seed=9)
+    assert [(r.policy, r.frames, r.repeat) for r in rows] == [
+        ("opt", 2, 0), ("opt", 10, 0),  # OPT is exact and offline: once per limit
+        ("lru", 2, 0), ("lru", 2, 1), ("lru", 10, 0), ("lru", 10, 1),
+        ("random", 2, 0), ("random", 2, 1), ("random", 10, 0), ("random", 10, 1)]
+    assert all(r.seed == 9 and r.source == "<memory>" and r.accesses == 300 for r in rows)
+    by = {(r.policy, r.frames, r.repeat): r.faults for r in rows}
+    assert by["lru", 2, 0] == by["lru", 2, 1] and by["random", 10, 0] == by["random", 10, 1]
+    table = lab.format_table(rows).splitlines()
+    assert table[0].split() == ["limit", "frames", "opt", "lru", "random"] and len(table) == 4
+    assert table[2].split()[:2] == ["8K", "2"]
     assert lab.format_table([]) == "(no results)"
 
 
-def test_cli_lab(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    png = tmp_path / "out.png"
-    rc = main(["lab", "--trace", "zipf", "--length", "600", "--pages", "80",
-               "--capacities", "16,32", "--policies", "lru,clock", "--plot", str(png),
-               "--csv", str(tmp_path / "o.csv"), "--detail"])
-    out = capsys.readouterr().out
-    assert rc == 0
-    assert "capacity" in out and "opt" in out and "lru" in out and "clock" in out
-    trace = lab.trace_zipf(600, 80, seed=0)
-    line16 = next(ln for ln in out.splitlines() if ln.split()[:1] == ["16"])
-    assert str(lab.opt_faults(trace, 16)) in line16 and str(lab.lru_faults(trace, 16)) in line16
-    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
-    assert len((tmp_path / "o.csv").read_text().splitlines()) == 1 + 2 * 3
+def test_sweep_in_workers_equals_in_process() -> None:
+    rng = random.Random(8)
+    acc = [rng.randrange(50) << 1 | rng.randrange(2) for _ in range(500)]
+    seen: list[lab.Result] = []
+    here = lab.sweep(acc, ["8K", "64K"], ["lru", "random", "opt"], seed=4)
+    there = lab.sweep(acc, ["8K", "64K"], ["lru", "random", "opt"], seed=4, jobs=2, on_result=seen.append)
+    assert len(seen) == len(there) == 6
+    strip = [{**r.row(), "seconds": 0} for r in here]
+    assert strip == [{**r.row(), "seconds": 0} for r in there]
 
 
-def test_cli_lab_trace_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = tmp_path / "t.txt"
-    rng = random.Random(0)
-    lab.write_trace((rng.randrange(1 << 40) >> 20 for _ in range(300)), path)  # raw, sparse ids
-    assert main(["lab", "--trace", str(path), "--capacities", "8", "--policies", "fifo"]) == 0
-    out = capsys.readouterr().out
-    assert "t.txt: 300 accesses" in out
-    assert main(["lab", "--trace", str(tmp_path / "missing.txt")]) == 2
-    assert "missing.txt" in capsys.readouterr().err
+def test_plots_formats_and_scale(tmp_path: Path) -> None:
+    def row(policy: str, limit: int, ratio: float, repeat: int = 0) -> lab.Result:
+        return lab.Result("t", policy, limit, limit // PAGE_SIZE, 100, round(100 * ratio), None, None, None,
+                          0.0, None, 0, repeat)
+    wide = [row(p, lim, 1 / (i + 1)) for p in ("lru", "opt") for i, lim in enumerate((4096, 65536, 1 << 20))]
+    magic = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF", "svg": b"<?xml"}
+    for fmt, head in magic.items():
+        path = tmp_path / f"f.{fmt}"
+        assert lab.plot(wide, path) == "log"
+        assert path.read_bytes().startswith(head), fmt
+    assert b"<svg" in (tmp_path / "f.svg").read_bytes()[:400]
+    narrow = [row("lru", lim, 0.5, rep) for lim in (8192, 12288) for rep in (0, 1)]  # repeats: error bars
+    assert lab.plot(narrow, tmp_path / "n.png") == "linear"
+    assert lab.wide_range([4096, 32768]) and not lab.wide_range([4096, 28672])
+    assert "pdf" in lab.plot_formats() and "svg" in lab.plot_formats()
 
 
-def test_cli_lab_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["lab", "--policies", "clock,mru"], ["lab", "--capacities", "0,4"],
-                 ["lab", "--capacities", "x"]):
-        with pytest.raises(SystemExit) as ei:
-            main(argv)
-        assert ei.value.code == 2
-    assert main(["lab", "--pages", "0"]) == 2
-    capsys.readouterr()
+def test_result_row_has_the_csv_fields() -> None:
+    r = lab.run(writes([0, 1, 0, 2]), "8K", "lru")
+    assert tuple(r.row()) == lab.CSV_FIELDS
+    assert r.miss_ratio == pytest.approx(0.75) and r.row()["miss_ratio"] == 0.75
+    assert lab.Result("t", "opt", 1, 1, 0, 0, None, None, None, 0.0, None, 0, 0).miss_ratio == 0.0
 
 
-def test_trace_result_helpers() -> None:
-    r = lab.TraceResult("opt", 4, 10, 3)
-    assert r.miss_ratio == pytest.approx(0.3)
-    assert lab.TraceResult("opt", 4, 0, 0).miss_ratio == 0.0
+def test_in_memory_sources_are_compacted() -> None:
+    src = lab.load_source([1 << 40 | 1, 5 << 1, 1 << 40])  # sparse page numbers, a read and writes
+    assert src.distinct == 2 and list(src.accesses or []) == [1, 2, 0]
+    assert lab.load_source(src) is src
+    assert isinstance(src.accesses, array)

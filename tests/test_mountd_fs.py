@@ -13,6 +13,7 @@ import errno
 import os
 import re
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,7 +33,9 @@ from fusemount import (
 )
 from pages import settle
 
+from mountd import render
 from rumpvm import MAP_ANON, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, PAGE_SIZE, PROT_READ, PROT_WRITE
+from rumpvm.constants import VM_MAXUSER_ADDRESS
 
 P = PAGE_SIZE
 RW = PROT_READ | PROT_WRITE
@@ -98,16 +101,70 @@ def test_tree_layout_modes_and_owner(kernel, vm: Path) -> None:
     assert os.stat(vm).st_ino == 1
 
 
-def test_sizes_are_true(kernel, vm: Path) -> None:
+def test_text_files_have_size_zero_and_read_whole(kernel, vm: Path) -> None:
+    """Text and control files report st_size 0, as Linux's /proc does (a
+    true size would cost a render per stat); every reader still gets the
+    whole text, because it reads to EOF.  Memory files keep their sizes."""
     p = kernel.spawn(name="sizes")
     p.mmap(4 * P)
-    for path in [vm / "meminfo", vm / "vmstat", vm / "limit", vm / "swaps", vm / "kmem" / "pools",
-                 *(vm / "pagedaemon").iterdir(), *(vm / "proc" / str(p.pid)).iterdir()]:
-        if path.name == "mem":
-            continue
-        assert os.stat(path).st_size == len(path.read_bytes()) > 0, path
-    ls = run("ls", "-l", vm / "proc" / str(p.pid) / "maps").stdout.split()
-    assert int(ls[4]) == len((vm / "proc" / str(p.pid) / "maps").read_bytes())
+    d = vm / "proc" / str(p.pid)
+    texts = [vm / "meminfo", vm / "vmstat", vm / "limit", vm / "swaps", vm / "kmem" / "pools",
+             *(vm / "pagedaemon").iterdir(), *(path for path in d.iterdir() if path.name != "mem")]
+    for path in texts:
+        st = os.stat(path)
+        assert (st.st_size, st.st_blocks) == (0, 0), path
+        data = path.read_bytes()
+        assert data and run("wc", "-c", path).stdout.split()[0] == str(len(data)), path
+    assert run("ls", "-l", d / "maps").stdout.split()[4] == "0"
+    assert os.stat(d / "mem").st_size == VM_MAXUSER_ADDRESS
+
+
+def test_big_maps_every_reader_agrees_with_render(kernel, vm: Path) -> None:
+    """maps and smaps of a process with thousands of entries (several FUSE
+    reads each) read the same with cat, dd, wc -c, tail, less and
+    Python's open().read(): the in-process rendering, byte for byte."""
+    p = kernel.spawn(name="big")
+    for i in range(4000):  # one page every other page: the gaps keep entries apart
+        p.mmap(P, RW, MAP_PRIVATE | MAP_ANON | MAP_FIXED, addr=BASE + 2 * i * P)
+        if i % 3 == 0:
+            p.write(BASE + 2 * i * P, b"x")
+    maps = render.maps(p.maps())
+    smaps = render.smaps(p.smaps())
+    assert len(maps) > 128 << 10 and maps.count("\n") == 4000  # more than one 128 KiB read
+    d = vm / "proc" / str(p.pid)
+    for path, text in ((d / "maps", maps), (d / "smaps", smaps)):
+        assert run("cat", path).stdout == text
+        assert path.read_text() == text
+        with open(path, "rb") as f:
+            assert f.read() == text.encode()
+        assert run("wc", "-c", path).stdout.split()[0] == str(len(text))
+        assert run("less", path).stdout == text  # not a terminal: less copies the whole file
+        assert run("tail", "-n", "2", path).stdout == "".join(text.splitlines(keepends=True)[-2:])
+    assert run("dd", f"if={d / 'maps'}", "bs=1000", "status=none").stdout == maps  # reads across requests
+
+
+def test_text_snapshot_per_open(kernel, vm: Path) -> None:
+    """A text file is rendered at open: reads of one open file in small
+    chunks (dd bs=7 on the open descriptor) see the text of that moment
+    even when the process changes between them; the next open sees the
+    change."""
+    p = kernel.spawn(name="snap")
+    p.mmap(2 * P, RW, MAP_PRIVATE | MAP_ANON | MAP_FIXED, addr=BASE)
+    maps = vm / "proc" / str(p.pid) / "maps"
+    before = render.maps(p.maps())
+    fd = os.open(maps, os.O_RDONLY)
+    try:
+        dd = ["dd", "bs=7", "status=none"]  # reads fd 0: the shared descriptor and its offset
+        head = subprocess.run([*dd, "count=3"], stdin=fd, capture_output=True, text=True, check=True).stdout
+        p.mmap(P, PROT_READ, MAP_PRIVATE | MAP_ANON | MAP_FIXED, addr=BASE + 8 * P)
+        p.mprotect(BASE, P, PROT_READ)
+        tail = subprocess.run(dd, stdin=fd, capture_output=True, text=True, check=True).stdout
+    finally:
+        os.close(fd)
+    assert len(head) == 21 and head + tail == before
+    after = render.maps(p.maps())
+    assert after != before and len(after.splitlines()) == 3
+    assert run("dd", f"if={maps}", "bs=7", "status=none").stdout == after == maps.read_text()
 
 
 def test_inodes_stable_while_alive_then_enoent(kernel, vm: Path) -> None:
@@ -442,7 +499,7 @@ def test_limit_accepts_and_rejects(kernel, vm: Path) -> None:
 def test_pagedaemon_knobs(kernel, vm: Path) -> None:
     pd = vm / "pagedaemon"
     assert (pd / "policy").read_text() == f"{kernel.pagedaemon.policy}\n"
-    for policy in ("lru", "fifo", "clock"):
+    for policy in ("lru", "fifo", "2q", "s3fifo", "sieve", "wsclock", "clock"):
         run("sh", "-c", f"echo {policy} > {pd / 'policy'}")
         assert kernel.pagedaemon.policy == policy
     for bad in (b"nonsense\n", b"LRU LRU", b"123"):

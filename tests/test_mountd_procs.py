@@ -13,12 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fusemount import STATUS_LINE, STATUS_VM_LINE, check_maps_line, mounted, run
+from fusemount import KB_LINE, STATUS_LINE, STATUS_VM_LINE, check_maps_line, mounted, run
+from pages import settle
 
 import hypercall
 import rumpvm
 from mountd import render
-from rumpvm import PAGE_SIZE, resource
+from rumpvm import MAP_SHARED, PAGE_SIZE, PROT_READ, inspect, resource
+from rumpvm.proc import STATE_NAMES
 
 P = PAGE_SIZE
 # The status lines rumpvm has, in the order Linux prints them.
@@ -106,6 +108,62 @@ def test_status_fields_and_run_states(kernel, vm: Path) -> None:
     p.cont()
     assert status_of(path)["State"] == "R (running)"
     assert status_of(vm / "proc" / str(parent.pid) / "status")["PPid"] == "0"
+
+
+def smaps_sums(text: str) -> dict[str, int]:
+    """Each kB counter of an smaps file summed over its entries, and
+    `Stack`: the sizes of the [stack] entries."""
+    sums: dict[str, int] = {"Stack": 0}
+    stack = False
+    for line in text.splitlines():
+        m = KB_LINE.fullmatch(line)
+        if m is None:
+            if not line.startswith(("VmFlags:", "THPeligible:")):
+                stack = check_maps_line(line)["name"] == "[stack]"
+            continue
+        sums[m["label"]] = sums.get(m["label"], 0) + int(m["value"])
+        if stack and m["label"] == "Size":
+            sums["Stack"] += int(m["value"])
+    return sums
+
+
+def test_status_values_are_the_smaps_sums(small_kernel, tmp_path: Path) -> None:
+    """status is computed without smaps records (inspect.status_record), and
+    shows what the sums of smaps showed: VmRSS, VmSwap, VmLck, VmSize and
+    VmStk of processes with swapped pages, copy-on-write chains, a shared
+    object, wired memory and a stack, each equal to its smaps sum."""
+    k = small_kernel
+    p = k.spawn(name="sums")
+    a = p.mmap(20 << 20)  # over the 16M limit: pages go to swap
+    for off in range(0, 20 << 20, P):
+        p.write(a + off, b"s")
+    for i in range(8):  # more entries: every other MiB read-only
+        p.mprotect(a + (2 * i + 1) * (1 << 20), 1 << 20, PROT_READ)
+    o = k.create_object(16 * P)
+    p.write(p.mmap(16 * P, flags=MAP_SHARED, obj=o), b"shared")
+    p.mlock(a, 4 * P)
+    p.map_stack(1 << 20, init_size=8 * P)
+    c = p.fork("cow")
+    for off in range(0, 1 << 20, 4 * P):  # the first MiB, writable
+        c.write(a + off, b"c")  # copies: a shadow over the swapped parent pages
+    settle(k)
+    seen = {}
+    with mounted(k, tmp_path / "vm") as vm:
+        for q in (p, c):
+            d = vm / "proc" / str(q.pid)
+            status, sums = status_of(d / "status"), smaps_sums(run("cat", d / "smaps").stdout)
+            assert {label: int(status[label]) for label in ("VmRSS", "VmSwap", "VmLck", "VmSize", "VmStk")} \
+                == {"VmRSS": sums["Rss"], "VmSwap": sums["Swap"], "VmLck": sums["Locked"], "VmSize": sums["Size"],
+                    "VmStk": sums["Stack"]}, q
+            with k.gate:
+                direct = inspect.status_record(q.vmspace, q.name, STATE_NAMES[q.state], q.pid, q.ppid)
+            assert direct == q.status()
+            assert (direct.vm_rss >> 10, direct.vm_swap >> 10) == (sums["Rss"], sums["Swap"])
+            seen[q.name] = sums
+    # The figures are about this workload: swap on both sides of the fork,
+    # the parent's 4 wired pages (a fork does not inherit wiring), 8-page stacks.
+    assert all(sums["Swap"] > 0 and sums["Rss"] > 0 and sums["Stack"] == 32 for sums in seen.values())
+    assert (seen["sums"]["Locked"], seen["cow"]["Locked"]) == (16, 0)
 
 
 def test_swapped_out_status_is_read_without_swapping_in(tmp_path: Path) -> None:
