@@ -493,7 +493,7 @@ def sweep(source: Source | str | os.PathLike[str] | Sequence[int], limits: str |
     pols = _check_policies(policies if policies is not None else default_policies(src), src)
     lims = parse_limits(limits)
     pts = _points(src, lims if lims is not None else auto_limits(src), pols, repeat, seed)
-    from tqdm import tqdm  # type: ignore[import-untyped]
+    from tqdm import tqdm
 
     rows: list[Result] = []
     # disable=None: tqdm draws only on a terminal.
