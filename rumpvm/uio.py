@@ -20,8 +20,7 @@ Lock: the kernel lock, held by the caller.  A fault may drop it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from operator import attrgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import hypercall
 
@@ -56,7 +55,6 @@ a grow-down stack would grow to count as the stack's."""
         va = e.end
 
 
-_ADDR = attrgetter("addr")
 RUN_PAGES = 256  # translations looked up per batch: bounds the work a fault can waste
 
 
@@ -78,29 +76,33 @@ def _runs(k: Kernel, vmap: VMMap, addr: int, length: int,
     while pos < length:
         va = addr + pos
         vpn = va >> PAGE_SHIFT
-        pages: list[VMPage | None]
         if get(vpn) is None:
             if write and last > vpn and make_room(k, min(last - vpn + 1, RUN_PAGES)):
                 continue  # reclaimed for the run ahead: look again
             first = vm_fault(k, vmap, va, access)
             if first is not None and vpn < last:
                 fault_ahead(k, vmap, va, min(last - vpn, RUN_PAGES - 1), write)
-            pages = [first]
+            run: list[VMPage | None] = [first]
         else:
-            pages = list(map(get, range(vpn, min(last + 1, vpn + RUN_PAGES))))
-            if None in pages:
-                del pages[pages.index(None):]
-        n = min(length - pos, (len(pages) << PAGE_SHIFT) - (va & PAGE_MASK))
-        addrs = [0]  # a never-written page of a read: zeros
-        if pages[0] is not None:
-            for page in pages:
-                assert page is not None
+            run = list(map(get, range(vpn, min(last + 1, vpn + RUN_PAGES))))
+            if None in run:
+                del run[run.index(None):]
+        n = min(length - pos, (len(run) << PAGE_SHIFT) - (va & PAGE_MASK))
+        if run[0] is None:
+            addrs = [0]  # a never-written page of a read: zeros
+        else:
+            pages = cast("list[VMPage]", run)
+            addrs = []
+            add = addrs.append
+            for page in pages:  # one pass: each page object is touched once
                 page.referenced = True
-                if write:
+                add(page.addr)
+            if write:
+                for page in pages:
                     page.dirty = True
-                if touch is not None:
+            if touch is not None:
+                for page in pages:
                     touch(page)
-            addrs = list(map(_ADDR, pages))
         yield addrs, va & PAGE_MASK, pos, n
         pos += n
 
