@@ -155,11 +155,15 @@ def page_alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None =
     from `resv` if it has one; None when memory is short (the caller
     waits with memwait and retries).  Lock held."""
     pm = k.physmem
-    frame = resv.frames.pop() if resv is not None and resv.frames else pm.alloc_frame(in_pagedaemon(k))
+    if resv is not None and resv.frames:
+        frame: int | None = resv.frames.pop()
+    else:  # only a limit makes the caller matter (the reserve is the daemon's)
+        frame = pm.alloc_frame(pm.limit is not None and in_pagedaemon(k))
     if frame is None:
         return None
-    addr, buf, off = pm.frame_location(frame)
-    page = VMPage(obj, pindex, frame, addr, buf, off)
+    arena = pm.arenas[frame >> ARENA_SHIFT]
+    off = (frame & ARENA_MASK) << PAGE_SHIFT
+    page = VMPage(obj, pindex, frame, arena.addr + off, arena.buf, off)
     obj.pages[pindex] = page
     k.queues.enqueue(page, ACTIVE)
     if pm.limit is not None and pm.avail_pages() < k.pagedaemon.freemin and not k.pagedaemon.ctl.wanted:
