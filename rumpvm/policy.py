@@ -534,21 +534,12 @@ class _Ring:
         return []
 
 
-@register
-class Sieve(_FirstTouch):
-    """SIEVE as libCacheSim's Sieve: the ring runs from the oldest page
-    (`first`) to the newest; new pages go in as the newest; the visited
-    bit is the referenced bit."""
-
-    name = "sieve"
+class _Ringed(_Tracked):
+    """A tracked policy whose pages are on a `_Ring` with a hand."""
 
     def __init__(self, seed: int | None = None) -> None:
         super().__init__(seed)
         self.ring = _Ring()
-
-    def _add(self, page: VMPage) -> None:
-        """Insert as the newest page."""
-        self.ring.insert(page, None)
 
     def _drop(self, page: VMPage) -> None:
         """Unlink; a hand on the page moves to the next newer one."""
@@ -565,6 +556,19 @@ class Sieve(_FirstTouch):
     def errors(self, q: PageQueues) -> list[str]:
         """The queue check and the ring's links."""
         return super().errors(q) + self.ring.errors(self.name)
+
+
+@register
+class Sieve(_FirstTouch, _Ringed):
+    """SIEVE as libCacheSim's Sieve: the ring runs from the oldest page
+    (`first`) to the newest; new pages go in as the newest; the visited
+    bit is the referenced bit."""
+
+    name = "sieve"
+
+    def _add(self, page: VMPage) -> None:
+        """Insert as the newest page."""
+        self.ring.insert(page, None)
 
     def _order(self, k: Kernel, want: int) -> Iterator[VMPage]:
         """From the hand toward the newest page, wrapping to the oldest:
@@ -688,7 +692,7 @@ class S3FIFO(_FirstTouch):
 
 
 @register
-class WSClock(_Tracked):
+class WSClock(_Ringed):
     """WSClock (Carr & Hennessy): pages on a clock, each with the virtual
     time of its last known use.  Virtual time counts page insertions (the
     faults this policy saw), the memory clock Linux's refault distance uses
@@ -714,29 +718,12 @@ class WSClock(_Tracked):
             if tau < 1:
                 raise VMError(errno.EINVAL, f"tau must be >= 1 insertion, got {tau}")
             self.tau = tau
-        self.ring = _Ring()
         self.vt = 0  # virtual time: insertions so far
 
     def _add(self, page: VMPage) -> None:
         """New pages go just behind the hand: it reaches them last."""
         self.ring.insert(page, self.ring.hand).stamp = self.vt
         self.vt += 1
-
-    def _drop(self, page: VMPage) -> None:
-        """Unlink."""
-        self.ring.remove(page)
-
-    def _clear(self) -> None:
-        """Forget every page."""
-        self.ring.clear()
-
-    def tracked(self) -> Iterable[VMPage]:
-        """The ring's pages."""
-        return self.ring.nodes.keys()
-
-    def errors(self, q: PageQueues) -> list[str]:
-        """The queue check and the ring's links."""
-        return super().errors(q) + self.ring.errors(self.name)
 
     def _order(self, k: Kernel, want: int) -> Iterator[VMPage]:
         """One revolution: old clean pages at once; then old dirty ones in
