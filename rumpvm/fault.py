@@ -82,6 +82,38 @@ def vm_fault(k: Kernel, vmap: VMMap, va: int, access: int, wire: bool = False,
             deadline = memwait(k, deadline)
 
 
+def vm_fault_fast(k: Kernel, vmap: VMMap, va: int) -> VMPage | None:
+    """The soft fast path of a write fault (vm_fault_soft_fast; Linux's
+    do_anonymous_page): a write to a never-touched page of an object with
+    nothing below it, when a frame is free — the common first write to
+    fresh memory.  Zero-fills, enters and returns the page; None whenever
+    anything else is needed (no entry, no write permission, copy-on-write,
+    an object to create, a backing chain, a page or slot already there, a
+    memory wait), and then the caller takes vm_fault.  Lock held; never
+    sleeps."""
+    e = vmap.hint
+    if not e.start <= va < e.end:
+        found, e = vmap.lookup_entry(va)
+        if not found:
+            return None
+    top = e.obj
+    if top is None or top.backing is not None or e.needs_copy or e.submap is not None or not e.prot & PROT_WRITE:
+        return None
+    pindex = e.pindex(va)
+    if pindex in top.pages or pindex in top.swap:
+        return None
+    page = page_alloc(k, top, pindex)
+    if page is None:
+        return None
+    hypercall.page_zero(page.addr)
+    k.uvmexp.faults += 1
+    k.uvmexp.zerofills += 1
+    if e.prot & PROT_READ:  # a write-only entry gets no translation
+        vmap.pmap.enter(va >> PAGE_SHIFT, page, True)
+    page.referenced = True
+    return page
+
+
 def object_fault(k: Kernel, obj: VMObject, pindex: int) -> VMPage:
     """The page `pindex` of `obj` itself, made writable there (copied up
     from a backing object, paged in, or zero-filled), waiting for memory

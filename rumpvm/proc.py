@@ -52,7 +52,7 @@ from .constants import (
     VM_MIN_ADDRESS,
 )
 from .errors import OutOfMemory, VMError, einval
-from .fault import vm_fault
+from .fault import vm_fault, vm_fault_fast
 from .inspect import MapEntry, ProcStatus, SmapsInfo, entry_record, peek_map, smaps_record, status_record
 from .map import SGROWSIZ, STACK_NAME, VMMap, VMMapEntry, stack_range_free
 from .physmem import Reservation, pool_prime, pool_room, reserve, reserve_more
@@ -472,7 +472,8 @@ class Proc:
                     return
             with k.gate:  # one page: straight to the fault handler
                 try:
-                    page = vm_fault(k, self._live(), addr, PROT_WRITE)
+                    vmap = self._live()
+                    page = vm_fault_fast(k, vmap, addr) or vm_fault(k, vmap, addr, PROT_WRITE)
                 except OutOfMemory as e:
                     e.written = 0
                     raise

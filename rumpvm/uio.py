@@ -26,7 +26,7 @@ import hypercall
 
 from .constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE
 from .errors import OutOfMemory, SegmentationFault
-from .fault import fault_ahead, object_fault, resolve, vm_fault
+from .fault import fault_ahead, object_fault, resolve, vm_fault, vm_fault_fast
 from .map import stack_growth
 from .physmem import make_room
 
@@ -79,7 +79,7 @@ def _runs(k: Kernel, vmap: VMMap, addr: int, length: int,
         if get(vpn) is None:
             if write and last > vpn and make_room(k, min(last - vpn + 1, RUN_PAGES)):
                 continue  # reclaimed for the run ahead: look again
-            first = vm_fault(k, vmap, va, access)
+            first = (write and vm_fault_fast(k, vmap, va)) or vm_fault(k, vmap, va, access)
             if first is not None and vpn < last:
                 fault_ahead(k, vmap, va, min(last - vpn, RUN_PAGES - 1), write)
             run: list[VMPage | None] = [first]
