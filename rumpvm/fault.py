@@ -261,7 +261,7 @@ def fault_ahead(k: Kernel, vmap: VMMap, va: int, count: int, write: bool) -> Non
     if write and not writable:
         return
     # Zero-fill only above the daemon's wake-up point: that one is left to faults.
-    budget = min(k.physmem.avail_pages(), count) - k.pagedaemon.freemin - 1 if write and top.backing is None else 0
+    budget = min(k.physmem.avail_pages() - k.pagedaemon.freemin - 1, count) if write and top.backing is None else 0
     vpn = va >> PAGE_SHIFT
     pindex = e.pindex(va)
     for v in range(vpn + 1, min(vpn + 1 + count, e.end >> PAGE_SHIFT)):

@@ -66,3 +66,4 @@ def test_bad_input_changes_nothing() -> None:
             p.replay(ro, [0 << 1 | 1])
         p.replay(base, [])
         k.check()
+
