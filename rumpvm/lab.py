@@ -90,7 +90,7 @@ CSV_FIELDS = ("source", "policy", "limit", "frames", "accesses", "faults", "miss
 # (libCacheSim's Clock is one-queue second chance, not our two-queue clock;
 # its Random draws from its own generator.)
 LIBCACHESIM = {"lru": "LRU", "fifo": "FIFO", OPT: "Belady", "2q": "TwoQ", "sieve": "Sieve",
-               "s3fifo": "S3FIFO", "arc": "ARC"}
+               "s3fifo": "S3FIFO"}
 EXACT = ("lru", "fifo", OPT)  # --check fails unless these agree exactly
 AUTO_POINTS = 9  # `auto`: footprint / 16 .. footprint in steps of sqrt(2)
 WIDE_RANGE = 8  # limits spanning this factor or more get a log x axis
