@@ -380,61 +380,69 @@ class Random(_Tracked):
                 self.passed[page] = None
 
 
+class _Ghosted(_Tracked):
+    """A tracked policy with a probationary FIFO for new pages, a main
+    queue, and a ghost list of the keys of pages evicted from probation
+    (2Q's A1in/Am/A1out, S3-FIFO's small/main/ghost): a new page whose key
+    the ghost remembers goes straight to main."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        super().__init__(seed)
+        self.probation: OrderedDict[VMPage, None] = OrderedDict()
+        self.main: OrderedDict[VMPage, None] = OrderedDict()
+        self.ghost: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self.ghost_size = 0  # the ghost's bound, set from the pages at the last scan
+
+    def _add(self, page: VMPage) -> None:
+        """Ghost hit: to main; else to probation."""
+        key = _key(page)
+        if key is not None and key in self.ghost:
+            del self.ghost[key]
+            self.main[page] = None
+        else:
+            self.probation[page] = None
+        # libCacheSim drops the missed page's ghost before it evicts; the
+        # eviction that made room for this page may have left the ghost one
+        # key over its bound (see _drop): trimmed only now, to match.
+        _trim(self.ghost, self.ghost_size)
+
+    def _drop(self, page: VMPage) -> None:
+        """A page leaving probation is remembered in the ghost."""
+        if page in self.probation:
+            del self.probation[page]
+            key = _key(page)
+            if key is not None:
+                self.ghost[key] = None
+                _trim(self.ghost, self.ghost_size + 1)
+        else:
+            self.main.pop(page, None)
+
+    def _clear(self) -> None:
+        """Forget every page and ghost."""
+        self.probation.clear()
+        self.main.clear()
+        self.ghost.clear()
+
+    def tracked(self) -> Iterable[VMPage]:
+        """Probation and main."""
+        return [*self.probation, *self.main]
+
+
 @register
-class TwoQ(_Tracked):
+class TwoQ(_Ghosted):
     """2Q with libCacheSim's TwoQ defaults and order of events: a new page
-    enters A1in (FIFO) unless A1out remembers it, then Am (LRU); victims
-    come from A1in while it holds more than `ain_ratio` of the pages
-    (their keys go to A1out), else from Am's LRU end."""
+    enters A1in (`probation`, FIFO) unless A1out (`ghost`) remembers it,
+    then Am (`main`, LRU); victims come from A1in while it holds more than
+    `ain_ratio` of the pages (their keys go to A1out), else from Am's LRU
+    end."""
 
     name = "2q"
     ain_ratio: ClassVar[float] = 0.25
     aout_ratio: ClassVar[float] = 0.5
 
-    def __init__(self, seed: int | None = None) -> None:
-        super().__init__(seed)
-        self.ain: OrderedDict[VMPage, None] = OrderedDict()
-        self.am: OrderedDict[VMPage, None] = OrderedDict()
-        self.aout: OrderedDict[tuple[int, int], None] = OrderedDict()
-        self.aout_size = 0  # `aout_ratio` of the pages at the last scan
-
-    def _add(self, page: VMPage) -> None:
-        """A1out hit: to Am; else to A1in."""
-        key = _key(page)
-        if key is not None and key in self.aout:
-            del self.aout[key]
-            self.am[page] = None
-        else:
-            self.ain[page] = None
-        # libCacheSim drops the missed page's ghost before it evicts; the
-        # eviction that made room for this page may have left A1out one
-        # key over its bound (see _drop): trimmed only now, to match.
-        _trim(self.aout, self.aout_size)
-
-    def _drop(self, page: VMPage) -> None:
-        """A page leaving A1in is remembered in A1out."""
-        if page in self.ain:
-            del self.ain[page]
-            key = _key(page)
-            if key is not None:
-                self.aout[key] = None
-                _trim(self.aout, self.aout_size + 1)
-        else:
-            self.am.pop(page, None)
-
-    def _clear(self) -> None:
-        """Forget every page and ghost."""
-        self.ain.clear()
-        self.am.clear()
-        self.aout.clear()
-
-    def tracked(self) -> Iterable[VMPage]:
-        """A1in and Am."""
-        return [*self.ain, *self.am]
-
     def touch_hook(self, q: PageQueues) -> Callable[[VMPage], None]:
         """An Am page moves to the MRU end; A1in pages stay put."""
-        am = self.am
+        am = self.main
 
         def touch(page: VMPage) -> None:
             if page in am:
@@ -444,11 +452,12 @@ class TwoQ(_Tracked):
     def _order(self, k: Kernel, want: int) -> Iterator[VMPage]:
         """A1in's head while A1in is over its share, else Am's LRU page; a
         page passed over goes to the tail of its queue."""
-        cap = len(self.ain) + len(self.am)
+        ain, am = self.probation, self.main
+        cap = len(ain) + len(am)
         ain_max = int(cap * self.ain_ratio)
-        self.aout_size = int(cap * self.aout_ratio)
+        self.ghost_size = int(cap * self.aout_ratio)
         for _ in range(cap):
-            q = self.ain if (len(self.ain) > ain_max or not self.am) else self.am
+            q = ain if (len(ain) > ain_max or not am) else am
             if not q:
                 return
             page = next(iter(q))
@@ -588,8 +597,8 @@ class Sieve(_FirstTouch, _Ringed):
 
 
 @register
-class S3FIFO(_FirstTouch):
-    """S3-FIFO as libCacheSim's S3FIFO (defaults: small 10%, ghost 90%,
+class S3FIFO(_FirstTouch, _Ghosted):
+    """S3-FIFO as libCacheSim's S3FIFO (defaults: small (`probation`) 10%, ghost 90%,
     promotion after 2 hits in the small FIFO): a page enters the small
     FIFO, or the main FIFO if the ghost remembers it (or, before the first
     eviction, while the small FIFO is full).  Eviction takes the main FIFO
@@ -605,46 +614,23 @@ class S3FIFO(_FirstTouch):
 
     def __init__(self, seed: int | None = None) -> None:
         super().__init__(seed)
-        self.small: OrderedDict[VMPage, None] = OrderedDict()
-        self.main: OrderedDict[VMPage, None] = OrderedDict()
-        self.ghost: OrderedDict[tuple[int, int], None] = OrderedDict()
         self.freq: dict[VMPage, int] = {}
-        self.ghost_size = 0  # `ghost_ratio` of the pages at the last scan
         self.evicted = False  # a scan ran (see `_order`)
 
     def _add(self, page: VMPage) -> None:
-        """Ghost hit: to main; else to small."""
-        key = _key(page)
-        if key is not None and key in self.ghost:
-            del self.ghost[key]
-            self.main[page] = None
-        else:
-            self.small[page] = None
+        """As _Ghosted, with a hit count of 0."""
+        super()._add(page)
         self.freq[page] = 0
-        _trim(self.ghost, self.ghost_size)  # as TwoQ: the missed page's ghost went first
 
     def _drop(self, page: VMPage) -> None:
-        """A page leaving small is remembered in the ghost."""
+        """As _Ghosted, forgetting the hit count."""
         self.freq.pop(page, None)
-        if page in self.small:
-            del self.small[page]
-            key = _key(page)
-            if key is not None:
-                self.ghost[key] = None
-                _trim(self.ghost, self.ghost_size + 1)
-        else:
-            self.main.pop(page, None)
+        super()._drop(page)
 
     def _clear(self) -> None:
-        """Forget every page and ghost."""
-        self.small.clear()
-        self.main.clear()
-        self.ghost.clear()
+        """Forget every page, ghost and count."""
+        super()._clear()
         self.freq.clear()
-
-    def tracked(self) -> Iterable[VMPage]:
-        """Small and main."""
-        return [*self.small, *self.main]
 
     def _hit(self, page: VMPage) -> None:
         """Count a hit."""
@@ -653,7 +639,7 @@ class S3FIFO(_FirstTouch):
 
     def _order(self, k: Kernel, want: int) -> Iterator[VMPage]:
         """libCacheSim's evict_small / evict_main, one victim at a time."""
-        small, main, freq = self.small, self.main, self.freq
+        small, main, freq = self.probation, self.main, self.freq
         cap = len(small) + len(main)
         small_size = int(cap * self.small_ratio)
         self.ghost_size = int(cap * self.ghost_ratio)
