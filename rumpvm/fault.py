@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import hypercall
 
 from . import object as vm_object
-from .constants import MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, PAGE_SHIFT, PROT_READ, PROT_WRITE
+from .constants import MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE
 from .errors import OutOfMemory, SegmentationFault, VMError
 from .map import growstack, stack_growth
 from .page import INACTIVE
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from .object import VMObject
     from .page import VMPage
     from .physmem import Reservation
+
+
+_ZERO_PAGE = bytes(PAGE_SIZE)
 
 
 class _Retry(Exception):
@@ -99,13 +102,15 @@ def vm_fault_fast(k: Kernel, vmap: VMMap, va: int) -> VMPage | None:
     top = e.obj
     if top is None or top.backing is not None or e.needs_copy or e.submap is not None or not e.prot & PROT_WRITE:
         return None
-    pindex = e.pindex(va)
+    pindex = (va - e.start + e.offset) >> PAGE_SHIFT
     if pindex in top.pages or pindex in top.swap:
         return None
     page = page_alloc(k, top, pindex)
     if page is None:
         return None
-    hypercall.page_zero(page.addr)
+    # Zeroed through the frame's buffer: a cffi call (GIL released and
+    # retaken) costs more than the 4 KiB copy itself.
+    page.buf[page.off:page.off + PAGE_SIZE] = _ZERO_PAGE
     k.uvmexp.faults += 1
     k.uvmexp.zerofills += 1
     if e.prot & PROT_READ:  # a write-only entry gets no translation

@@ -68,6 +68,7 @@ from pages import settle
 from stress_model import PAGE, SharedObj, StopRun, Worker
 
 import rumpvm
+import rumpvm.policy
 from rumpvm import constants
 
 NTHREADS = 8
@@ -203,16 +204,18 @@ def start_readers(root: Path, objs: list[SharedObj]) -> list[subprocess.Popen[st
     return readers
 
 
-def run_stress(tmp_path: Path, rounds: int | None, seconds: float | None, ops: int, seed: int = 0) -> str:
+def run_stress(tmp_path: Path, rounds: int | None, seconds: float | None, ops: int, seed: int = 0,
+               policy: str = "clock") -> str:
     """The run; returns the report.  `rounds` bounds it by operations,
-    `seconds` by time (checked at the quiet points)."""
+    `seconds` by time (checked at the quiet points); `policy` is the
+    pagedaemon's replacement policy (seeded with `seed`)."""
     from fusemount import is_live
 
     import mountd
 
     assert (constants.PROT_READ, constants.PROT_WRITE, constants.INHERIT_SHARE, constants.INHERIT_COPY,
             constants.INHERIT_NONE, constants.PAGE_SIZE) == (1, 2, 0, 1, 2, PAGE)
-    k = rumpvm.Kernel(memlimit=START_LIMIT, swap="64M", oom_timeout=OOM_TIMEOUT)
+    k = rumpvm.Kernel(memlimit=START_LIMIT, swap="64M", oom_timeout=OOM_TIMEOUT, policy=policy, policy_seed=seed)
     # Every sleeper is swapped out at the next shortage (the default waits 20 s).
     k.maxslp = float(os.environ.get("RUMPVM_STRESS_MAXSLP", "0"))
     logged = LogCollector()
@@ -435,6 +438,19 @@ def test_stress_short(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     report = run_stress(tmp_path, DEFAULT_ROUNDS, None, DEFAULT_OPS, seed)
     with capsys.disabled():
         print("\n" + report)
+
+
+@pytest.mark.stress
+@pytest.mark.parametrize("policy", sorted(set(rumpvm.policy.POLICIES) - {"clock"}))
+def test_stress_policies(tmp_path: Path, capsys: pytest.CaptureFixture[str], policy: str) -> None:
+    """Every other replacement policy under the same load (their own page
+    tracking is verified by k.check() at every quiet point), each for
+    RUMPVM_STRESS_POLICY_SECONDS (default 20)."""
+    seconds = float(os.environ.get("RUMPVM_STRESS_POLICY_SECONDS", "20"))
+    seed = int(os.environ.get("RUMPVM_STRESS_SEED", str(random.randrange(1 << 20))))
+    report = run_stress(tmp_path, None, seconds, STRESS_OPS, seed, policy)
+    with capsys.disabled():
+        print(f"\n[{policy}] " + report)
 
 
 @pytest.mark.stress
