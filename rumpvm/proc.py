@@ -472,7 +472,7 @@ class Proc:
                     return
             with k.gate:  # one page: straight to the fault handler
                 try:
-                    vmap = self.vmspace if self.alive and not self.swapped else self._live()
+                    vmap = self._live()
                     page = vm_fault_fast(k, vmap, addr) or vm_fault(k, vmap, addr, PROT_WRITE)
                 except OutOfMemory as e:
                     e.written = 0
