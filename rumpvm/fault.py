@@ -41,6 +41,12 @@ if TYPE_CHECKING:
 _ZERO_PAGE = bytes(PAGE_SIZE)
 
 
+def _zero(page: VMPage) -> None:
+    """Zero a new page through its frame's buffer: a cffi call (the GIL
+    released and retaken) costs more than the 4 KiB copy itself."""
+    page.buf[page.off:page.off + PAGE_SIZE] = _ZERO_PAGE
+
+
 class _Retry(Exception):
     """Internal: the fault slept; restart it."""
 
@@ -108,9 +114,7 @@ def vm_fault_fast(k: Kernel, vmap: VMMap, va: int) -> VMPage | None:
     page = page_alloc(k, top, pindex)
     if page is None:
         return None
-    # Zeroed through the frame's buffer: a cffi call (GIL released and
-    # retaken) costs more than the 4 KiB copy itself.
-    page.buf[page.off:page.off + PAGE_SIZE] = _ZERO_PAGE
+    _zero(page)
     k.uvmexp.faults += 1
     k.uvmexp.zerofills += 1
     if e.prot & PROT_READ:  # a write-only entry gets no translation
@@ -234,7 +238,7 @@ def fault_object(k: Kernel, top: VMObject, pindex: int, write: bool, alloc: bool
         if not write and not alloc and not fill:
             return None
         page = _alloc(k, top, pindex, resv)
-        hypercall.page_zero(page.addr)
+        _zero(page)
         page.dirty = write or not fill
         k.uvmexp.zerofills += 1
     elif page.obj is not top and write:
@@ -281,7 +285,7 @@ def fault_ahead(k: Kernel, vmap: VMMap, va: int, count: int, write: bool) -> Non
             if page is None:
                 return
             budget -= 1
-            hypercall.page_zero(page.addr)
+            _zero(page)
             k.uvmexp.zerofills += 1
         elif page.busy or page.fake or (write and o is not top):
             return

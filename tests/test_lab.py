@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lcs import lcs_misses
 
 from rumpvm import lab, mrc, trace, workloads
 from rumpvm.constants import PAGE_SIZE
@@ -60,21 +61,6 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def pages_of(src: lab.Source) -> list[int]:
     assert src.accesses is not None
     return [v >> 1 for v in src.accesses]
-
-
-def lcs_misses(policy: str, pages: list[int], capacity: int) -> int:
-    """Misses of libCacheSim's `policy` ("LRU", "FIFO") cache of `capacity`
-    unit-size objects, one request at a time."""
-    import libcachesim as lcs
-
-    cache = getattr(lcs, policy)(cache_size=capacity, hashpower=10)  # the default table is 2^24
-    req = lcs.Request()
-    misses = 0
-    for page in pages:
-        req.obj_id = page
-        req.obj_size = 1
-        misses += not cache.get(req)
-    return misses
 
 
 def lcs_belady(pages: list[int], capacity: int) -> int:

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lcs import lcs_misses
 from pages import bad_pages, fill, pattern, settle
 
 import rumpvm
@@ -71,20 +72,6 @@ def kernel_faults(trace: list[int], frames: int, policy: str, seed: int = 0) -> 
     return lab.run(accesses, frames * PAGE_SIZE, policy, seed=seed, check=True).faults
 
 
-def lcs_misses(policy: str, trace: list[int], capacity: int) -> int:
-    """Misses of libCacheSim's version of `policy` with `capacity` slots."""
-    import libcachesim as lcs
-
-    cache = getattr(lcs, LIBCACHESIM[policy])(cache_size=capacity)
-    req = lcs.Request()
-    misses = 0
-    for page in trace:
-        req.obj_id = page
-        req.obj_size = 1
-        misses += not cache.get(req)
-    return misses
-
-
 def lru_misses(trace: list[int], capacity: int) -> int:
     """Exact LRU (an OrderedDict, head least recently used)."""
     cache: OrderedDict[int, None] = OrderedDict()
@@ -116,7 +103,7 @@ def test_faults_equal_libcachesim(policy: str, name: str) -> None:
     # less than two objects and it caches nothing there.
     trace = TRACES[name]
     for frames in (20, 45):
-        assert kernel_faults(trace, frames, policy) == lcs_misses(policy, trace, frames), (frames,)
+        assert kernel_faults(trace, frames, policy) == lcs_misses(LIBCACHESIM[policy], trace, frames), (frames,)
 
 
 def test_2q_resists_a_loop_larger_than_memory() -> None:
