@@ -24,7 +24,10 @@ Returns a list of violated invariants, empty when all hold:
   `mappings` are exactly the linked entries that map it;
 - ownership: objects, backing objects and frames belong to this kernel;
 - accounting: charged bytes = swap bookkeeping + uvm_km_alloc arenas;
-- limit: resident <= limit (unless the limit was just lowered).
+- limit: resident <= limit (unless the limit was just lowered);
+- pagedaemon: stalled (its last scan freed nothing, so waiters sleep out
+  oom_timeout) only while no queued page could be freed: none clean and
+  idle, no dirty one with a swap slot to go to.
 Lock: the caller holds the kernel lock.
 """
 
@@ -183,6 +186,7 @@ def check_kernel(k: Kernel) -> list[str]:
     policy = k.queues.policy
     if policy is not None:  # a policy that tracks pages: its own structures agree with the queues
         errs.extend(policy.errors(k.queues))
+    errs.extend(_stall_errors(k))
     for page in k.io_pages:
         if not page.busy:
             errs.append(f"{page}: in the I/O set but not busy")
@@ -246,3 +250,19 @@ def _unreached(o: VMObject) -> list[int]:
         if i < 0 or pindex >= ranges[i][1]:
             out.append(pindex)
     return sorted(out)
+
+
+def _stall_errors(k: Kernel) -> list[str]:
+    """A stalled daemon while a page could be freed: a path that made
+    pages freeable again without ending the stall (waiters would get
+    OutOfMemory with memory to be had)."""
+    pd = k.pagedaemon
+    if not pd.stalled or pd.scan_write_failed:  # failed writes: the retry timer ends it
+        return []
+    swap = k.swap
+    for page in (*k.queues.active, *k.queues.inactive):
+        if page.busy or page.obj is None:
+            continue
+        if not page.dirty or (swap is not None and (swap.inuse < swap.nslots or page.pindex in page.obj.swap)):
+            return [f"pagedaemon stalled although {page} could be freed"]
+    return []

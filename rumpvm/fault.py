@@ -27,7 +27,7 @@ from .constants import MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, PAGE_SHIFT, PA
 from .errors import OutOfMemory, SegmentationFault, VMError
 from .map import growstack, stack_growth
 from .page import INACTIVE
-from .physmem import in_pagedaemon, make_room, memwait, page_alloc, page_free, pool_room, swap_free
+from .physmem import in_pagedaemon, make_room, memwait, page_alloc, page_free, pageable_again, pool_room, swap_free
 from .pmap import page_remove_all
 
 if TYPE_CHECKING:
@@ -354,6 +354,7 @@ def pagein(k: Kernel, obj: VMObject, pindex: int, slot: int, advice: int = MADV_
         k.uvmexp.pageins += 1
         if n:
             k.queues.enqueue(page, INACTIVE)  # unused read-ahead leaves first
+    pageable_again(k)  # a scan meanwhile had to pass over these busy pages
     if err is None and not good[0] and not pages[0].released:
         err = VMError(errno.EIO, f"swap slot {slot}: checksum mismatch")
     if err is not None and not pages[0].released:

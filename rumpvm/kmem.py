@@ -176,7 +176,7 @@ class Kmem:
             while not k.physmem.charge(size):
                 if not wait:
                     return 0
-                deadline = memwait(k, deadline)
+                deadline = memwait(k, deadline, size // PAGE_SIZE)
             try:
                 arena = hypercall.anonmmap(size, align.bit_length() - 1)
             except OSError as e:

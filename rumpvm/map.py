@@ -50,6 +50,7 @@ from .constants import (
 from .errors import VMError
 from .map_tree import EntryTree, TreeNode
 from .page import INACTIVE
+from .physmem import pageable_again
 from .pmap import Pmap
 
 if TYPE_CHECKING:
@@ -512,6 +513,7 @@ class VMMap:
         if self.user:
             k.wired_user_pages -= e.npages
         e.wired_count = 0
+        pageable_again(k)
 
 
 SGROWSIZ = 128 << 10  # stack growth granularity (FreeBSD's sgrowsiz)

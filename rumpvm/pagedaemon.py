@@ -45,7 +45,7 @@ from . import swapper
 from .constants import PAGE_SIZE
 from .errors import VMError
 from .page import ACTIVE, VMPage
-from .physmem import PDRESERVE_PAGES, page_free, swap_free
+from .physmem import PDRESERVE_PAGES, page_free, pageable_again, swap_free
 from .pmap import page_remove_all
 from .policy import POLICIES, Policy
 from .resource import RLIMIT_RSS
@@ -72,19 +72,32 @@ class Pagedaemon:
         self.scanning = False  # a scan is running (the daemon's or a direct reclaim)
         self.ctl = _Control()
         # A scan that freed nothing stalls the daemon until something changes
-        # (a page freed elsewhere, a knob or limit changed): waiters then
-        # sleep out their timeout instead of spinning against it.
-        self.stalled = False
+        # (memory freed anywhere, busy or wired pages pageable again, a knob
+        # or limit changed): waiters then sleep out their timeout instead of
+        # spinning against it.  The mark is physmem.frees at the stall, so
+        # every free ends it without a hook in each free path.
+        self._stall_mark: int | None = None
+        # The largest allocation a waiter needs at once (a multi-page
+        # km_alloc): a scan frees up to it even when freetarg is less.
+        self.need = 0
         self.reclaimers: list[Callable[[], int]] = []
         self.inflight: set[int] = set()  # swap slots being written (pages busy)
         self.write_errors = 0  # swap writes failed in a row (logged once per streak)
-        self._scan_write_failed = False
+        self.scan_write_failed = False
         self.idle_cv = threading.Condition(k.lock)  # notified when the daemon goes to sleep
         self.thread_args = (k.lock, self.cv, self.ctl)
         self.ident: int | None = None
         self.thread = threading.Thread(target=_main, args=(weakref.ref(self), k.lock, self.cv, self.idle_cv, self.ctl),
                                        name="pagedaemon", daemon=True)
         self.autotune()
+
+    @property
+    def stalled(self) -> bool:
+        return self._stall_mark == self.k.physmem.frees
+
+    @stalled.setter
+    def stalled(self, value: bool) -> None:
+        self._stall_mark = self.k.physmem.frees if value else None
 
     @property
     def wanted(self) -> bool:
@@ -217,7 +230,7 @@ class Pagedaemon:
         # Not avail_pages(): that stops at 0, and after the limit was lowered
         # the whole overshoot must be freed in one scan.
         avail = (pm.limit - pm.resident) // PAGE_SIZE - PDRESERVE_PAGES
-        return max(0, self.freetarg - avail)
+        return max(0, max(self.freetarg, self.need) - avail)
 
     def run_once(self) -> None:
         """Serve one wake-up: scan if memory is short, then wake the waiters
@@ -245,7 +258,7 @@ class Pagedaemon:
             k.uvmexp.directreclaims += 1
         self.scanning = True
         self.state = "scanning"
-        self._scan_write_failed = False
+        self.scan_write_failed = False
         # Progress is what this scan freed, not the change in resident
         # memory: waiters allocate while it writes.
         before = k.uvmexp.pdfreed
@@ -258,7 +271,7 @@ class Pagedaemon:
             self.scanning = False
             self.state = "sleeping"
         self.stalled = freed == 0 and self.shortage() > 0
-        if self.stalled and self._scan_write_failed:  # retry later: swap may recover
+        if self.stalled and self.scan_write_failed:  # retry later: swap may recover
             self.ctl.retry = max(0.01, min(PAGEOUT_RETRY, k.oom_timeout / 4))
             self.cv.notify()  # a sleeping daemon re-arms its wait with the timer
         if freed:
@@ -397,7 +410,7 @@ class Pagedaemon:
             else:
                 self._finish(page, obj, first + n)
         if err is not None:
-            self._scan_write_failed = True
+            self.scan_write_failed = True
             self.write_errors += 1
             if self.write_errors == 1:
                 log.error("swap write failed: %s (pages kept dirty in memory)", err)
@@ -425,6 +438,7 @@ class Pagedaemon:
             k.uvmexp.pdfreed += 1
         else:
             k.queues.enqueue(page, ACTIVE)
+            pageable_again(k)
 
     def status(self) -> dict[str, str | int]:
         k = self.k

@@ -58,6 +58,7 @@ class PhysMem:
         self.arenas: list[hypercall.Arena] = []
         self.free_frames: list[int] = []
         self.frames_in_use = 0
+        self.frees = 0  # frames freed and bytes uncharged, ever (ends a pagedaemon stall)
         self._charged = 0  # bytes of host memory charged outside frames
         self._limit = limit
         self._frame_limit = 0  # frames the limit leaves after `charged` (kept for the hot paths)
@@ -114,6 +115,7 @@ class PhysMem:
 
     def free_frame(self, frame: int) -> None:
         self.frames_in_use -= 1
+        self.frees += 1
         self.free_frames.append(frame)
 
     def charge(self, nbytes: int, pagedaemon: bool = False) -> bool:
@@ -128,6 +130,7 @@ class PhysMem:
 
     def uncharge(self, nbytes: int) -> None:
         self._charged -= nbytes
+        self.frees += 1
         self._refresh()
 
     @property
@@ -182,6 +185,14 @@ def page_free(k: Kernel, page: VMPage) -> None:
         del obj.pages[page.pindex]
     page.obj = None
     k.physmem.free_frame(page.frame)
+    if k.mem_waiters:
+        k.mem_cv.notify_all()
+
+
+def pageable_again(k: Kernel) -> None:
+    """Pages the last scan had to pass over (busy for I/O, wired) can be
+    paged again: a scan that freed nothing is no longer the last word, so
+    waiters retry (they reclaim for themselves).  Lock held."""
     k.pagedaemon.stalled = False
     if k.mem_waiters:
         k.mem_cv.notify_all()
@@ -192,9 +203,10 @@ def swap_free(k: Kernel, slot: int) -> None:
     k.swap.free(slot)
 
 
-def memwait(k: Kernel, deadline: float | None) -> float:
-    """Sleep until memory may be available (the lock is dropped); raise
-    OutOfMemory once `deadline` (set on the first call) has passed."""
+def memwait(k: Kernel, deadline: float | None, npages: int = 1) -> float:
+    """Sleep until memory may be available for `npages` pages at once (the
+    lock is dropped); raise OutOfMemory once `deadline` (set on the first
+    call) has passed."""
     now = time.monotonic()
     if deadline is None:
         deadline = now + k.oom_timeout
@@ -203,20 +215,25 @@ def memwait(k: Kernel, deadline: float | None) -> float:
     if now >= deadline or in_pagedaemon(k):
         k.uvmexp.oomfails += 1
         raise OutOfMemory(f"out of memory: nothing could be freed within {k.oom_timeout:g}s")
-    # Direct reclaim: scan in this thread rather than hand off to the
-    # daemon and sleep (a thread switch each way per batch of pages).
-    if not k.pagedaemon.stalled and k.pagedaemon.reclaim(direct=True):
-        k.lockdrops += 1  # pages moved as if the lock had been dropped
-        k.check_open()
-        return deadline
-    if not k.pagedaemon.stalled:
-        k.pagedaemon.wake()
-    k.mem_waiters += 1
-    k.lockdrops += 1
+    pd = k.pagedaemon
+    pd.need = max(pd.need, npages)
     try:
-        k.mem_cv.wait(deadline - now)
+        # Direct reclaim: scan in this thread rather than hand off to the
+        # daemon and sleep (a thread switch each way per batch of pages).
+        if not pd.stalled and pd.reclaim(direct=True):
+            k.lockdrops += 1  # pages moved as if the lock had been dropped
+            k.check_open()
+            return deadline
+        if not pd.stalled:
+            pd.wake()
+        k.mem_waiters += 1
+        k.lockdrops += 1
+        try:
+            k.mem_cv.wait(deadline - now)
+        finally:
+            k.mem_waiters -= 1
     finally:
-        k.mem_waiters -= 1
+        pd.need = 0  # a waiter that still lacks memory says so again
     k.check_open()
     return deadline
 

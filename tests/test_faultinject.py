@@ -522,3 +522,69 @@ def test_corrupted_swap_slot_is_eio_for_that_page_only():
         assert _read_all(p, a, n, 9, range(n)) == bad  # and stay so
         p.munmap(a, n * PAGE_SIZE)
         assert k.pagedaemon.wait_idle(JOIN)
+
+
+def _fill_memory_with_kernel_pages(k) -> list[int]:
+    """uvm_km_alloc every frame that can be had, draining the pools through
+    daemon scans until none is left; returns the allocations."""
+    got = []
+    for _ in range(3):
+        while x := k.kmem.km_alloc(PAGE_SIZE, wait=False):
+            got.append(x)
+        with k.lock:
+            k.pagedaemon.wake()
+        assert k.pagedaemon.wait_idle(JOIN)
+    with k.lock:
+        assert k.physmem.avail_pages() == 0 and k.pagedaemon.stalled
+    return got
+
+
+def test_waiter_for_memory_is_woken_when_a_page_in_ends():
+    """A scan that finds only busy pages (a page-in in flight) stalls; the
+    end of the page-in makes them pageable again, so a thread waiting for
+    memory must retry then — not sleep out oom_timeout into OutOfMemory."""
+    with boot(memlimit="1M", swap="16M", oom_timeout=JOIN) as k:
+        k.maxslp = 0  # the stopped owner is swapped out at once (its u-area is not left to free)
+        p = k.spawn()
+        n = 4
+        a = p.mmap(n * PAGE_SIZE)
+        p.madvise(a, n * PAGE_SIZE, rumpvm.MADV_RANDOM)  # one busy page, no read-ahead
+        fill(p, a, n, 7)
+        oid = object_of(p, a).id
+        p.stop()
+        push_to_swap(k, p, a, n)
+        with k.lock:
+            k.mem_cv = watched = WatchedCondition(k.lock)
+        f = hypercall.arm("swap_read_delay", count=1)
+        writer = Worker(k.object_write, oid, 0, b"x")  # pages in page 0, blocks in the read
+        writer.start()
+        assert f.wait(1, JOIN)
+        held = _fill_memory_with_kernel_pages(k)
+        waiter = Worker(k.kmem.km_alloc, PAGE_SIZE)
+        waiter.start()
+        assert watched.wait_for_sleeper(waiter.ident), "the allocation did not wait for memory"
+        hypercall.disarm("swap_read_delay")
+        writer.finish()
+        held.append(waiter.finish())  # OutOfMemory here is the bug
+        assert k.object_peek(oid, 0, PAGE_SIZE) == b"x" + pattern(7, 0)[1:]
+        for x in held:
+            k.kmem.km_free(x)
+        p.cont()
+
+
+def test_km_alloc_of_more_than_the_free_target_reclaims_enough():
+    """A multi-page kernel allocation larger than what is free, while free
+    memory is above the daemon's target, still gets its pages (the scan
+    frees up to the waiter's need, not just to freetarg)."""
+    with boot(memlimit="1M", swap="16M", oom_timeout=JOIN) as k:
+        p = k.spawn()
+        n = 200
+        a = p.mmap(n * PAGE_SIZE)
+        fill(p, a, n, 3)
+        assert k.pagedaemon.wait_idle(JOIN)
+        with k.lock:
+            free = k.physmem.avail_pages()
+            assert free > k.pagedaemon.freetarg
+        x = k.kmem.km_alloc((free + 64) * PAGE_SIZE)
+        k.kmem.km_free(x)
+        assert bad_pages(p, a, n, 3) == []
