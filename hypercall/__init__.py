@@ -393,3 +393,86 @@ def _inject_read(fd: int, offset: int, length: int) -> None:
         lib.rv_pread(fd, ffi.from_buffer(half), len(half), offset)
         raise OSError(_errno.EIO, "short swap read (injected)")
     raise OSError(f.errno, f"swap read at {offset:#x}: {os.strerror(f.errno)} (injected)")
+
+
+# -- host windows (uffd.c: the fault engine thread) -----------------------------------
+
+WINDOW_STATS = ("resident", "budget", "zerofills", "swapins", "refaults", "wpfaults",
+                "evictions", "writes", "selfevictions", "errors")
+WINDOW_STATES = ("absent", "present", "parked", "swapped")  # uffd.c's page states
+
+
+def _uffd_refused(why: int, err: int) -> str:
+    """Which permission a userfaultfd that serves kernel faults lacks."""
+    if err != _errno.EPERM and err != _errno.EACCES:
+        return f"userfaultfd: {os.strerror(err)}"
+    try:
+        with open("/proc/sys/vm/unprivileged_userfaultfd") as f:
+            sysctl = f.read().strip()
+    except OSError:
+        sysctl = "?"
+    return ("userfaultfd not permitted: the userfaultfd(2) syscall needs CAP_SYS_PTRACE or "
+            f"vm.unprivileged_userfaultfd=1 (it is {sysctl}), and /dev/userfaultfd is not "
+            "readable and writable by this user")
+
+
+class HostWindow:
+    """The C fault engine serving the caller's anonymous private mapping of
+    `npages` pages at `addr` (made MADV_DONTFORK, without huge pages).
+
+    The engine pages to `swapfd` at `slots` (one swap slot per page, the
+    caller's until `destroy`), never holding more than its budget of
+    resident pages; the first `budget` frames are its minimum.  Methods
+    that do I/O or wait release the GIL (cffi calls).  After `close()`
+    the mapping is plain memory (zeros) again; it stays the caller's."""
+
+    def __init__(self, addr: int, npages: int, swapfd: int, slots: list[int], budget: int) -> None:
+        why = ffi.new("int *")
+        fd = lib.rv_uffd_open(why)
+        if fd < 0:
+            raise OSError(-fd, _uffd_refused(why[0], -fd))
+        self._slots = ffi.new("int64_t[]", slots)
+        err = ffi.new("int *")
+        w = lib.rv_win_create(fd, ffi.cast("char *", addr), npages, PAGE_SIZE, swapfd, self._slots, budget, err)
+        if w == ffi.NULL:
+            raise OSError(err[0], f"userfaultfd window: {os.strerror(err[0])}")
+        self._w = w
+        self.npages = npages
+        self.addr = addr
+        self._stats = ffi.new("int64_t[]", len(WINDOW_STATS))
+
+    def grant(self, n: int) -> None:
+        lib.rv_win_grant(self._w, n)
+
+    def shrink(self, n: int) -> int:
+        """Give back up to n frames of budget (evicting); returns how many."""
+        return int(lib.rv_win_shrink(self._w, n))
+
+    def wait(self) -> bool:
+        """Block until the engine ran out of budget (True) or closed (False)."""
+        return bool(lib.rv_win_wait(self._w))
+
+    def stats(self) -> dict[str, int]:
+        lib.rv_win_stats(self._w, self._stats)
+        return dict(zip(WINDOW_STATS, self._stats))
+
+    def states(self) -> bytes:
+        """Two bytes a page: state (index into WINDOW_STATES), slot valid."""
+        out = ffi.new("uint8_t[]", 2 * self.npages)
+        lib.rv_win_states(self._w, out)
+        return bytes(ffi.buffer(out))
+
+    def peek(self, off: int, dst: bytearray | memoryview) -> None:
+        """Copy window bytes at `off` into `dst` without faulting anything in."""
+        rc = lib.rv_win_peek(self._w, off, ffi.from_buffer(dst), len(dst))
+        if rc < 0:
+            raise OSError(-rc, f"window swap slot at offset {off:#x}: checksum mismatch or read error")
+
+    def close(self) -> None:
+        """Stop serving faults (the addresses then read zeros)."""
+        lib.rv_win_close(self._w)
+
+    def destroy(self) -> None:
+        """Free the engine (after close and after every wait() returned)."""
+        lib.rv_win_destroy(self._w)
+        self._w = ffi.NULL

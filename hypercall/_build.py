@@ -4,6 +4,7 @@ Compiled at `pip install` time through setuptools' `cffi_modules`; the C
 here is the whole of rumpvm's contact with the host: anonymous mmap arenas,
 malloc, swap-file block I/O with iovecs, environment parameters, and the
 page helpers (zero, copy, copy out of / into page runs, checksum) the profile asked for.
+uffd.c is the host-window fault engine (userfaultfd, its own thread).
 """
 
 from cffi import FFI
@@ -33,6 +34,19 @@ ffibuilder.cdef(
     int64_t rv_pwrite_pages(int fd, const uintptr_t *pages, int n, size_t pgsz, int64_t off, uint64_t *sums);
     int64_t rv_pread_pages(int fd, const uintptr_t *pages, int n, size_t pgsz, int64_t off, uint64_t *sums);
     int64_t rv_pread(int fd, char *buf, size_t len, int64_t off);
+
+    typedef struct rv_win rv_win;
+    int rv_uffd_open(int *why);
+    rv_win *rv_win_create(int uffd, char *base, size_t npages, size_t pgsz, int swapfd, const int64_t *slots,
+                          int64_t budget, int *err);
+    void rv_win_close(rv_win *w);
+    void rv_win_destroy(rv_win *w);
+    void rv_win_grant(rv_win *w, int64_t n);
+    int64_t rv_win_shrink(rv_win *w, int64_t n);
+    int rv_win_wait(rv_win *w);
+    void rv_win_stats(rv_win *w, int64_t *out);
+    void rv_win_states(rv_win *w, uint8_t *out);
+    int rv_win_peek(rv_win *w, size_t off, char *dst, size_t len);
     """
 )
 
@@ -52,6 +66,7 @@ ffibuilder.set_source(
     #include <sys/stat.h>
     #include <sys/uio.h>
     #include <unistd.h>
+    #include "uffd.h"
 
     /* mmap with the start aligned to 1<<alignbit: over-map, then trim. */
     void *rv_anonmmap(size_t size, int alignbit, int exec)
@@ -229,7 +244,10 @@ ffibuilder.set_source(
         return pread(fd, buf, len, off);
     }
     """,
-    extra_compile_args=["-O2"],
+    sources=["hypercall/uffd.c"],
+    include_dirs=["hypercall"],  # the host-window fault engine (a C thread: no GIL on the fault path)
+    extra_compile_args=["-O2", "-pthread"],
+    extra_link_args=["-pthread"],
 )
 
 if __name__ == "__main__":

@@ -23,11 +23,11 @@ Returns a list of violated invariants, empty when all hold:
   live mapping, shadow or handle can reach (no leaks), and each object's
   `mappings` are exactly the linked entries that map it;
 - ownership: objects, backing objects and frames belong to this kernel;
-- accounting: charged bytes = swap bookkeeping + uvm_km_alloc arenas;
-- limit: resident <= limit (unless the limit was just lowered);
-- pagedaemon: stalled (its last scan freed nothing, so waiters sleep out
-  oom_timeout) only while no queued page could be freed: none clean and
-  idle, no dirty one with a swap slot to go to.
+- accounting: charged bytes = swap bookkeeping + uvm_km_alloc arenas +
+  host-window budgets;
+- host windows: each engine's resident pages <= its budget = the budget
+  charged; a window's object holds no rumpvm page or slot in its range;
+- limit: resident <= limit (unless the limit was just lowered).
 Lock: the caller holds the kernel lock.
 """
 
@@ -186,7 +186,6 @@ def check_kernel(k: Kernel) -> list[str]:
     policy = k.queues.policy
     if policy is not None:  # a policy that tracks pages: its own structures agree with the queues
         errs.extend(policy.errors(k.queues))
-    errs.extend(_stall_errors(k))
     for page in k.io_pages:
         if not page.busy:
             errs.append(f"{page}: in the I/O set but not busy")
@@ -222,6 +221,9 @@ def check_kernel(k: Kernel) -> list[str]:
         errs.append(f"vm_map_entry pool inuse {epool.inuse} != {nentries} entries")
     if k.pooltab["vm_object"].inuse != len(k.objtab):
         errs.append(f"vm_object pool inuse {k.pooltab['vm_object'].inuse} != {len(k.objtab)} objects")
+    for w in k.windows:  # a window's slots are its own, one per page
+        for slot in w._slots:
+            slots[slot] += 1
     if k.swap is not None:
         if any(c > 1 for c in slots.values()):
             errs.append("a swap slot is used twice")
@@ -233,8 +235,10 @@ def check_kernel(k: Kernel) -> list[str]:
     elif slots:
         errs.append("swap slots without swap")
     charged = sum(a.size for a in k.kmem.km_arenas.values()) + (k.swap.bookkeeping_bytes if k.swap else 0)
+    charged += sum(w._budget for w in k.windows) << PAGE_SHIFT
     if k.physmem.charged != charged:
-        errs.append(f"charged {k.physmem.charged} != swap bookkeeping + km arenas {charged}")
+        errs.append(f"charged {k.physmem.charged} != swap bookkeeping + km arenas + window budgets {charged}")
+    errs.extend(_window_errors(k))
     if k.physmem.limit is not None and k.physmem.resident > k.physmem.limit:
         errs.append(f"resident {k.physmem.resident} > limit {k.physmem.limit}")
     return errs
@@ -252,17 +256,22 @@ def _unreached(o: VMObject) -> list[int]:
     return sorted(out)
 
 
-def _stall_errors(k: Kernel) -> list[str]:
-    """A stalled daemon while a page could be freed: a path that made
-    pages freeable again without ending the stall (waiters would get
-    OutOfMemory with memory to be had)."""
-    pd = k.pagedaemon
-    if not pd.stalled or pd.scan_write_failed:  # failed writes: the retry timer ends it
-        return []
-    swap = k.swap
-    for page in (*k.queues.active, *k.queues.inactive):
-        if page.busy or page.obj is None:
+def _window_errors(k: Kernel) -> list[str]:
+    """Host windows: the engine within its charged budget, and no rumpvm
+    page or slot shadowing a window page (it would be a second copy)."""
+    errs = []
+    for w in k.windows:
+        hw = w._hw
+        if hw is None:
+            errs.append(f"{w!r}: closed but still listed")
             continue
-        if not page.dirty or (swap is not None and (swap.inuse < swap.nslots or page.pindex in page.obj.swap)):
-            return [f"pagedaemon stalled although {page} could be freed"]
-    return []
+        s = hw.stats()
+        if s["budget"] != w._budget or s["resident"] > s["budget"]:
+            errs.append(f"{w!r}: engine resident {s['resident']} budget {s['budget']}, charged {w._budget}")
+        o, lo, hi = w._obj, w._first, w._first + w._npages
+        inside = [i for i in (*o.pages, *o.swap) if lo <= i < hi]
+        if inside:
+            errs.append(f"{w!r}: object {o.id} has rumpvm pages or slots in the window's range: {inside[:5]}")
+        if o.window is not w:
+            errs.append(f"{w!r}: object {o.id} does not point back at its window")
+    return errs

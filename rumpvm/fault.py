@@ -29,6 +29,7 @@ from .map import growstack, stack_growth
 from .page import INACTIVE
 from .physmem import in_pagedaemon, make_room, memwait, page_alloc, page_free, pageable_again, pool_room, swap_free
 from .pmap import page_remove_all
+from .window import window_range
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -36,10 +37,21 @@ if TYPE_CHECKING:
     from .object import VMObject
     from .page import VMPage
     from .physmem import Reservation
+    from .window import Window
 
 
 _ZERO_PAGE = bytes(PAGE_SIZE)
 
+
+
+class WindowPage(VMError):
+    """A fault on a page a host window holds (window.py): no rumpvm page
+    exists for it; reads and writes copy through the window's host
+    address (`address`) instead, anything else (wiring, replay) is EFAULT."""
+
+    def __init__(self, window: Window, index: int) -> None:
+        super().__init__(errno.EFAULT, f"page {index} of a host window: only reads and writes reach it")
+        self.address = window.address + (index << PAGE_SHIFT)
 
 def _zero(page: VMPage) -> None:
     """Zero a new page through its frame's buffer: a cffi call (the GIL
@@ -106,7 +118,8 @@ def vm_fault_fast(k: Kernel, vmap: VMMap, va: int) -> VMPage | None:
         if not found:
             return None
     top = e.obj
-    if top is None or top.backing is not None or e.needs_copy or e.submap is not None or not e.prot & PROT_WRITE:
+    if (top is None or top.backing is not None or e.needs_copy or e.submap is not None or not e.prot & PROT_WRITE
+            or top.window is not None):
         return None
     pindex = (va - e.start + e.offset) >> PAGE_SHIFT
     if pindex in top.pages or pindex in top.swap:
@@ -226,6 +239,10 @@ def fault_object(k: Kernel, top: VMObject, pindex: int, write: bool, alloc: bool
     has.  Raises _Retry after sleeping (busy page, page-in) and
     _NeedMemory; requires the kernel lock."""
     o, pi, page, slot = vm_object.lookup(top, pindex)
+    if page is None and slot is None and top.window is not None:
+        w = window_range(top, pindex)
+        if w is not None:
+            raise WindowPage(w, pindex - w._first)
     if page is not None and page.busy:
         page.wanted = True
         k.lockdrops += 1

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import hypercall
 
 from . import object as vm_object
+from . import window
 from .constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from .errors import OutOfMemory, SegmentationFault
 from .fault import resolve
@@ -209,6 +210,12 @@ def _object_page(k: Kernel, obj: VMObject, pindex: int) -> VMPage | bytes | None
     being paged in (fake) has no valid bytes yet: its swap copy is read
     instead."""
     o, pi, page, slot = vm_object.lookup(obj, pindex)
+    if page is None and slot is None and obj.window is not None:
+        w = window.window_range(obj, pindex)
+        if w is not None:  # a host window's page: its bytes without faulting it in
+            data = bytearray(PAGE_SIZE)
+            w._live().peek((pindex - w._first) << PAGE_SHIFT, data)
+            return bytes(data)
     if page is not None and page.fake:
         page, slot = None, o.swap.get(pi)
     if page is not None:
@@ -370,6 +377,7 @@ def stats(k: Kernel) -> dict[str, int]:
         "procs": len(k.proctab),
     }
     out.update(asdict(k.uvmexp))
+    out.update(window.stats(k))
     return out
 
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import hypercall
 
-from . import inspect, swapper, uio
+from . import inspect, swapper, uio, window
 from . import object as vm_object
 from .check import check_kernel
 from .constants import (
@@ -172,6 +172,8 @@ class Kernel:
         self.gate = _Gate(self)
         self.inside = 0  # threads inside public calls (see _Gate)
         self.reservations: set[Reservation] = set()
+        self.windows: list[Any] = []  # open host windows (window.py)
+        self.host: Proc | None = None  # the process whose map shows them
         self.page_cv = threading.Condition(self.lock)
         self.mem_cv = threading.Condition(self.lock)
         self.mem_waiters = 0
@@ -239,6 +241,8 @@ class Kernel:
         no-op."""
         for m in list(self.mounts):
             m.unmount()
+        for w in list(self.windows):
+            w.close()
         with self.lock:
             if self.closed:
                 return
@@ -375,6 +379,11 @@ class Kernel:
         return pid
 
     # -- processes -------------------------------------------------------------------
+
+    def window(self, length: int, obj: VMObject | None = None, offset: int = 0) -> Any:
+        """A host mapping of `length` bytes backed by `obj` (a new anonymous
+        object if None) from byte `offset`, paged by rumpvm (window.py)."""
+        return window.open_window(self, length, obj, offset)
 
     def spawn(self, name: str = "proc") -> Proc:
         """A new process with an empty address space."""

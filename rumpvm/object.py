@@ -27,7 +27,7 @@ len(shadows) + handles; every page and slot lies inside `reached` (check.py).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .constants import PAGE_SHIFT
 from .physmem import page_free, swap_free
@@ -42,10 +42,11 @@ if TYPE_CHECKING:
 class VMObject:
     __slots__ = ("id", "type", "size", "ref_count", "handles", "pages", "swap", "mappings",
                  "backing", "backing_offset", "shadows", "pip", "dead", "kernel", "last_pagein",
-                 "readahead")
+                 "readahead", "window")
 
     def __init__(self, kernel: Kernel, oid: int, size: int, type_: str = "anon") -> None:
         self.kernel = kernel
+        self.window: Any = None  # the host window whose pages these are (window.py)
         self.id = oid
         self.type = type_
         self.size = size

@@ -23,6 +23,8 @@ from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import hypercall
+
 from . import coredump, resource, swapper
 from . import object as vm_object
 from .constants import (
@@ -52,7 +54,7 @@ from .constants import (
     VM_MIN_ADDRESS,
 )
 from .errors import OutOfMemory, VMError, einval
-from .fault import vm_fault, vm_fault_fast
+from .fault import WindowPage, vm_fault, vm_fault_fast
 from .inspect import MapEntry, ProcStatus, SmapsInfo, entry_record, peek_map, smaps_record, status_record
 from .map import SGROWSIZ, STACK_NAME, VMMap, VMMapEntry, stack_range_free
 from .physmem import Reservation, pool_prime, pool_room, reserve, reserve_more
@@ -238,6 +240,8 @@ class Proc:
                 raise VMError(errno.EBADF, f"object {obj.id} is gone")
             if off + size > obj.size << PAGE_SHIFT:
                 raise einval(f"offset {off:#x}+{size:#x} beyond the object's {obj.size << PAGE_SHIFT:#x} bytes")
+            if obj.window is not None and not f & MAP_SHARED:
+                raise einval(f"object {obj.id} backs a host window: it can be mapped MAP_SHARED only")
         k = self.kernel
         with k.gate:
             vmap = self._primed(entries=3, objects=3)
@@ -477,6 +481,9 @@ class Proc:
                 except OutOfMemory as e:
                     e.written = 0
                     raise
+                except WindowPage as wp:  # a host window's page: write through its host address
+                    hypercall.copy_in(memoryview(data), 0, [wp.address], addr & PAGE_MASK, len(data))
+                    return
                 assert page is not None
                 page.dirty = page.referenced = True
                 if k.touch is not None:

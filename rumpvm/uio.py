@@ -26,7 +26,7 @@ import hypercall
 
 from .constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE
 from .errors import OutOfMemory, SegmentationFault
-from .fault import fault_ahead, object_fault, resolve, vm_fault, vm_fault_fast
+from .fault import WindowPage, fault_ahead, object_fault, resolve, vm_fault, vm_fault_fast
 from .map import stack_growth
 from .physmem import make_room
 
@@ -79,7 +79,13 @@ def _runs(k: Kernel, vmap: VMMap, addr: int, length: int,
         if get(vpn) is None:
             if write and last > vpn and make_room(k, min(last - vpn + 1, RUN_PAGES)):
                 continue  # reclaimed for the run ahead: look again
-            first = (write and vm_fault_fast(k, vmap, va)) or vm_fault(k, vmap, va, access)
+            try:
+                first = (write and vm_fault_fast(k, vmap, va)) or vm_fault(k, vmap, va, access)
+            except WindowPage as wp:  # a host window's page: copy through its host address
+                n = min(length - pos, PAGE_SIZE - (va & PAGE_MASK))
+                yield [wp.address], va & PAGE_MASK, pos, n
+                pos += n
+                continue
             if first is not None and vpn < last:
                 fault_ahead(k, vmap, va, min(last - vpn, RUN_PAGES - 1), write)
             run: list[VMPage | None] = [first]
@@ -203,9 +209,13 @@ def object_write(k: Kernel, obj: VMObject, offset: int, src: memoryview) -> None
             pos = offset + done
             off = pos & PAGE_MASK
             n = min(PAGE_SIZE - off, len(src) - done)
-            page = object_fault(k, obj, pos >> PAGE_SHIFT)
-            page.buf[page.off + off:page.off + off + n] = src[done:done + n]
-            page.dirty = page.referenced = True
+            try:
+                page = object_fault(k, obj, pos >> PAGE_SHIFT)
+            except WindowPage as wp:  # a host window's page: write through its host address
+                hypercall.copy_in(src, done, [wp.address], off, n)
+            else:
+                page.buf[page.off + off:page.off + off + n] = src[done:done + n]
+                page.dirty = page.referenced = True
             done += n
     except OutOfMemory as e:
         e.written = done

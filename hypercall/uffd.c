@@ -1,0 +1,512 @@
+/* uffd.c: the host-window fault engine (userfaultfd).
+ *
+ * A window is an anonymous host mapping whose pages rumpvm supplies.  A C
+ * thread reads the window's userfaultfd and serves every fault from the
+ * window's page table without the GIL: a Python thread that touches the
+ * window while holding the GIL (a memoryview index, numpy, ctypes) would
+ * deadlock a Python handler, so no Python runs on the fault path.
+ *
+ * Page states (one byte per page, `st`):
+ *   ABSENT   never written, or evicted while it held zeros: a touch gets a
+ *            zero page;
+ *   PRESENT  mapped in the window; installed write-protected unless the
+ *            touch was a write, so the first write to a clean page is a
+ *            WP fault that marks it dirty;
+ *   PARKED   moved out of the window into the same page of the parking
+ *            area (UFFDIO_MOVE, no copy) but still resident: the next
+ *            touch is a cheap fault that moves it back and counts as a
+ *            reference (the clock's reference bit);
+ *   SWAPPED  its only copy is in its swap slot (checksummed).
+ * `dirty` is meaningful for PRESENT/PARKED pages; `valid` says the slot
+ * holds the page's current contents (a clean page is dropped without a
+ * write).
+ *
+ * Limit: `resident` (PRESENT + PARKED) never exceeds `budget`, the frames
+ * Python charged to the memory limit for this window.  A fault at the
+ * budget evicts one page first (the engine's own clock); Python's
+ * pagedaemon shrinks the budget with rv_win_evict and grows it with
+ * rv_win_grant when memory is free.  The budget never drops below
+ * `minbudget`, so a fault never waits for Python.
+ *
+ * Lock: `mu` guards the page table and counters; it is held while a fault
+ * is served and across eviction I/O.  The engine touches only its own
+ * memory (bounce page, parking area): window pages are moved, copied and
+ * protected with ioctls.  Each swap slot is the window's own (reserved at
+ * creation), so eviction never needs an allocation.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "uffd.h"
+
+/* Newer than the build host's headers may be (Linux 6.6 / 6.8 uapi). */
+#ifndef UFFD_FEATURE_POISON
+#define UFFD_FEATURE_POISON (1 << 14)
+#endif
+#ifndef UFFD_FEATURE_MOVE
+#define UFFD_FEATURE_MOVE (1 << 16)
+#endif
+#ifndef UFFDIO_MOVE
+struct uffdio_move {
+    __u64 dst;
+    __u64 src;
+    __u64 len;
+    __u64 mode;
+    __s64 move;
+};
+#define UFFDIO_MOVE _IOWR(UFFDIO, 0x05, struct uffdio_move)
+#define UFFDIO_MOVE_MODE_DONTWAKE ((__u64)1 << 0)
+#endif
+#ifndef UFFDIO_POISON
+struct uffdio_poison {
+    struct uffdio_range range;
+    __u64 mode;
+    __s64 updated;
+};
+#define UFFDIO_POISON _IOWR(UFFDIO, 0x08, struct uffdio_poison)
+#endif
+
+uint64_t rv_checksum(uintptr_t addr, size_t len);
+
+enum { ABSENT, PRESENT, PARKED, SWAPPED };
+enum {  /* rv_win_stats slots (mirrored in hypercall.WINDOW_STATS) */
+    S_RESIDENT, S_BUDGET, S_ZEROFILLS, S_SWAPINS, S_REFAULTS, S_WPFAULTS,
+    S_EVICTIONS, S_WRITES, S_SELFEVICTIONS, S_ERRORS, S_NSTATS
+};
+
+typedef struct rv_win {
+    int uffd, stopfd, pressfd, swapfd;
+    size_t npages, pgsz;
+    char *base, *park, *bounce;
+    const int64_t *slots;           /* the window's swap slots, one per page */
+    uint8_t *st, *dirty, *valid;
+    uint64_t *sums;
+    size_t hand;                    /* the clock hand */
+    int64_t stats[S_NSTATS];
+    int64_t minbudget;
+    pthread_mutex_t mu;
+    pthread_t thread;
+    int running, closing;
+} rv_win;
+
+/* A userfaultfd that also serves kernel-mode faults (read(2) into a
+ * window): the syscall (root, CAP_SYS_PTRACE, or the sysctl allows it),
+ * else /dev/userfaultfd.  -errno; *why says which route failed last
+ * (1: syscall refused, 2: device not accessible, 3: UFFDIO_API). */
+int rv_uffd_open(int *why)
+{
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    int err = errno;
+    *why = 1;
+    if (fd < 0) {
+        int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+        if (dev < 0) {
+            *why = 2;
+            return -(err == EPERM ? EPERM : errno);
+        }
+        fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+        err = errno;
+        close(dev);
+        if (fd < 0)
+            return -err;
+    }
+    struct uffdio_api api = {.api = UFFD_API,
+                             .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_MOVE | UFFD_FEATURE_POISON};
+    if (ioctl(fd, UFFDIO_API, &api) < 0) {
+        err = errno;
+        close(fd);
+        *why = 3;
+        return -err;
+    }
+    return fd;
+}
+
+static int reg(int uffd, char *addr, size_t len, __u64 mode)
+{
+    struct uffdio_register r = {.range = {.start = (uintptr_t)addr, .len = len}, .mode = mode};
+    return ioctl(uffd, UFFDIO_REGISTER, &r);
+}
+
+static int wake(rv_win *w, size_t i)
+{
+    struct uffdio_range r = {.start = (uintptr_t)(w->base + i * w->pgsz), .len = w->pgsz};
+    return ioctl(w->uffd, UFFDIO_WAKE, &r);
+}
+
+static int protect(rv_win *w, size_t i, int on)
+{
+    struct uffdio_writeprotect p = {.range = {.start = (uintptr_t)(w->base + i * w->pgsz), .len = w->pgsz},
+                                    .mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : UFFDIO_WRITEPROTECT_MODE_DONTWAKE};
+    return ioctl(w->uffd, UFFDIO_WRITEPROTECT, &p);
+}
+
+static int move(rv_win *w, char *dst, char *src)
+{
+    struct uffdio_move m = {.dst = (uintptr_t)dst, .src = (uintptr_t)src, .len = w->pgsz,
+                            .mode = UFFDIO_MOVE_MODE_DONTWAKE};
+    return ioctl(w->uffd, UFFDIO_MOVE, &m) < 0 || m.move != (__s64)w->pgsz ? -1 : 0;
+}
+
+/* Write a parked page's contents to its slot if they are not there. */
+static int clean(rv_win *w, size_t i)
+{
+    if (!w->dirty[i] && (w->valid[i] || w->st[i] != PARKED))
+        return 0;
+    char *p = w->park + i * w->pgsz;
+    if (pwrite(w->swapfd, p, w->pgsz, (off_t)w->slots[i] * (off_t)w->pgsz) != (ssize_t)w->pgsz) {
+        w->stats[S_ERRORS]++;
+        return -1;
+    }
+    w->sums[i] = rv_checksum((uintptr_t)p, w->pgsz);
+    w->valid[i] = 1;
+    w->dirty[i] = 0;
+    w->stats[S_WRITES]++;
+    return 0;
+}
+
+/* Move a present page to the parking area (still resident). */
+static int park(rv_win *w, size_t i)
+{
+    if (move(w, w->park + i * w->pgsz, w->base + i * w->pgsz) < 0)
+        return -1;  /* pinned or busy in the host kernel: pass over it */
+    w->st[i] = PARKED;
+    return 0;
+}
+
+/* Evict a parked page: write it if dirty, then free its host page.  A
+ * clean page that never reached swap held zeros since its last write-out
+ * ... or ever: it goes back to ABSENT only when no slot copy exists. */
+static int evict(rv_win *w, size_t i)
+{
+    if (clean(w, i) < 0)
+        return -1;
+    char *p = w->park + i * w->pgsz;
+    madvise(p, w->pgsz, MADV_DONTNEED);
+    w->st[i] = w->valid[i] ? SWAPPED : ABSENT;
+    w->stats[S_RESIDENT]--;
+    w->stats[S_EVICTIONS]++;
+    return 0;
+}
+
+/* One clock step over up to two rounds: present pages are parked (their
+ * reference bit cleared), parked ones evicted.  Returns 0 if one page was
+ * evicted. */
+static int clock_evict(rv_win *w)
+{
+    for (size_t n = 0; n < 2 * w->npages + 1; n++) {
+        size_t i = w->hand;
+        w->hand = (w->hand + 1) % w->npages;
+        if (w->st[i] == PRESENT)
+            park(w, i);
+        else if (w->st[i] == PARKED && evict(w, i) == 0)
+            return 0;
+    }
+    return -1;
+}
+
+/* Serve a missing-page fault at page i (mu held). */
+static void serve_missing(rv_win *w, size_t i, int wr)
+{
+    char *dst = w->base + i * w->pgsz;
+    if (w->st[i] == PRESENT) {  /* another thread's fault on it was served first */
+        wake(w, i);
+        return;
+    }
+    if (w->st[i] == PARKED) {
+        if (move(w, dst, w->park + i * w->pgsz) < 0) {
+            w->stats[S_ERRORS]++;
+            wake(w, i);  /* retried by the host; the page is still parked */
+            return;
+        }
+        w->st[i] = PRESENT;
+        w->stats[S_REFAULTS]++;
+        if (wr)
+            w->dirty[i] = 1;
+        else if (!w->dirty[i])
+            protect(w, i, 1);
+        wake(w, i);
+        return;
+    }
+    if (w->stats[S_RESIDENT] >= w->stats[S_BUDGET]) {
+        if (clock_evict(w) < 0) {
+            w->stats[S_ERRORS]++;
+            wake(w, i);  /* no page could go (I/O errors): the host retries */
+            return;
+        }
+        w->stats[S_SELFEVICTIONS]++;
+        uint64_t one = 1;  /* ask Python for more budget (rv_win_wait) */
+        if (write(w->pressfd, &one, sizeof one) != sizeof one)
+            w->stats[S_ERRORS]++;
+    }
+    int poison = 0;
+    if (w->st[i] == SWAPPED) {
+        ssize_t got = pread(w->swapfd, w->bounce, w->pgsz, (off_t)w->slots[i] * (off_t)w->pgsz);
+        poison = got != (ssize_t)w->pgsz || rv_checksum((uintptr_t)w->bounce, w->pgsz) != w->sums[i];
+        w->stats[S_SWAPINS]++;
+    } else {
+        memset(w->bounce, 0, w->pgsz);
+        w->stats[S_ZEROFILLS]++;
+    }
+    if (poison) {  /* never wrong data: the toucher gets SIGBUS */
+        struct uffdio_poison p = {.range = {.start = (uintptr_t)dst, .len = w->pgsz}};
+        ioctl(w->uffd, UFFDIO_POISON, &p);
+        w->stats[S_ERRORS]++;
+        return;
+    }
+    struct uffdio_copy c = {.dst = (uintptr_t)dst, .src = (uintptr_t)w->bounce, .len = w->pgsz,
+                            .mode = wr ? 0 : UFFDIO_COPY_MODE_WP};
+    if (ioctl(w->uffd, UFFDIO_COPY, &c) < 0 && errno != EEXIST) {
+        w->stats[S_ERRORS]++;
+        wake(w, i);
+        return;
+    }
+    w->st[i] = PRESENT;
+    w->dirty[i] = (uint8_t)wr;
+    w->stats[S_RESIDENT]++;
+}
+
+static void *engine(void *arg)
+{
+    rv_win *w = arg;
+    struct pollfd pf[2] = {{.fd = w->uffd, .events = POLLIN}, {.fd = w->stopfd, .events = POLLIN}};
+    for (;;) {
+        if (poll(pf, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (pf[1].revents)
+            break;
+        struct uffd_msg msg;
+        while (read(w->uffd, &msg, sizeof msg) == sizeof msg) {
+            if (msg.event != UFFD_EVENT_PAGEFAULT)
+                continue;
+            uintptr_t a = msg.arg.pagefault.address & ~(uintptr_t)(w->pgsz - 1);
+            size_t i = (a - (uintptr_t)w->base) / w->pgsz;
+            if (a < (uintptr_t)w->base || i >= w->npages)
+                continue;
+            pthread_mutex_lock(&w->mu);
+            if (msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
+                if (w->st[i] == PRESENT)
+                    w->dirty[i] = 1;
+                w->stats[S_WPFAULTS]++;
+                protect(w, i, 0);
+                wake(w, i);
+            } else {
+                serve_missing(w, i, !!(msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE));
+            }
+            pthread_mutex_unlock(&w->mu);
+        }
+    }
+    return NULL;
+}
+
+static void *region(size_t len)
+{
+    char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    madvise(p, len, MADV_DONTFORK);   /* a forked host child gets SIGSEGV, not silent zeros */
+    madvise(p, len, MADV_NOHUGEPAGE); /* UFFDIO_MOVE moves base pages only */
+    return p;
+}
+
+static void teardown(rv_win *w);
+
+/* Serve the caller's anonymous mapping `base` of npages pages through
+ * userfaultfd `uffd` (taken over), paging to `swapfd` at `slots` (one per page, kept by the caller
+ * until destroy).  NULL with *err set on failure. */
+rv_win *rv_win_create(int uffd, char *base, size_t npages, size_t pgsz, int swapfd, const int64_t *slots,
+                      int64_t budget, int *err)
+{
+    rv_win *w = calloc(1, sizeof *w);
+    if (w == NULL) {
+        close(uffd);
+        *err = ENOMEM;
+        return NULL;
+    }
+    w->uffd = uffd;
+    w->npages = npages;
+    w->pgsz = pgsz;
+    w->swapfd = swapfd;
+    w->slots = slots;
+    w->stats[S_BUDGET] = w->minbudget = budget;
+    pthread_mutex_init(&w->mu, NULL);
+    size_t len = npages * pgsz;
+    w->base = base;  /* the caller's mapping (MADV_DONTFORK, no huge pages) */
+    w->park = region(len);
+    w->bounce = aligned_alloc(pgsz, pgsz);
+    w->st = calloc(npages, 1);
+    w->dirty = calloc(npages, 1);
+    w->valid = calloc(npages, 1);
+    w->sums = calloc(npages, sizeof *w->sums);
+    w->stopfd = eventfd(0, EFD_CLOEXEC);
+    w->pressfd = eventfd(0, EFD_CLOEXEC);
+    if (!w->base || !w->park || !w->bounce || !w->st || !w->dirty || !w->valid || !w->sums || w->stopfd < 0
+        || w->pressfd < 0) {
+        *err = ENOMEM;
+        goto fail;
+    }
+    if (reg(uffd, w->base, len, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP) < 0
+        || reg(uffd, w->park, len, UFFDIO_REGISTER_MODE_WP) < 0) {
+        *err = errno;
+        goto fail;
+    }
+    if ((*err = pthread_create(&w->thread, NULL, engine, w)) != 0)
+        goto fail;
+    w->running = 1;
+    return w;
+fail:
+    teardown(w);
+    return NULL;
+}
+
+/* Stop serving: stop the engine thread, then put a plain anonymous
+ * mapping over the window (which unregisters it: a later touch sees
+ * zeros, never a hang), and wake rv_win_wait.  The addresses stay mapped
+ * until the caller unmaps them (views of the window may still exist). */
+void rv_win_close(rv_win *w)
+{
+    if (w->running) {
+        uint64_t one = 1;
+        if (write(w->stopfd, &one, sizeof one) == sizeof one)
+            pthread_join(w->thread, NULL);
+        w->running = 0;
+    }
+    mmap(w->base, w->npages * w->pgsz, PROT_READ | PROT_WRITE,
+         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+    madvise(w->base, w->npages * w->pgsz, MADV_DONTFORK);
+    pthread_mutex_lock(&w->mu);
+    w->closing = 1;
+    w->stats[S_RESIDENT] = 0;
+    pthread_mutex_unlock(&w->mu);
+    uint64_t one = 1;
+    if (write(w->pressfd, &one, sizeof one) != sizeof one)
+        w->stats[S_ERRORS]++;
+}
+
+static void teardown(rv_win *w)
+{
+    if (w->park)
+        munmap(w->park, w->npages * w->pgsz);
+    close(w->uffd);
+    if (w->stopfd > 0)
+        close(w->stopfd);
+    if (w->pressfd > 0)
+        close(w->pressfd);
+    free(w->bounce);
+    free(w->st);
+    free(w->dirty);
+    free(w->valid);
+    free(w->sums);
+    pthread_mutex_destroy(&w->mu);
+    free(w);
+}
+
+/* Free a closed window's engine (after rv_win_wait returned 0 to every
+ * waiter); the window's addresses are the caller's to unmap. */
+void rv_win_destroy(rv_win *w) { teardown(w); }
+
+/* Block until the engine evicted for lack of budget (1) or the window
+ * closed (0).  Called with the GIL released. */
+int rv_win_wait(rv_win *w)
+{
+    uint64_t n;
+    if (read(w->pressfd, &n, sizeof n) != sizeof n)
+        return 0;
+    pthread_mutex_lock(&w->mu);
+    int closing = w->closing;
+    pthread_mutex_unlock(&w->mu);
+    return !closing;
+}
+
+/* Grow the budget by n frames (already charged by the caller). */
+void rv_win_grant(rv_win *w, int64_t n)
+{
+    pthread_mutex_lock(&w->mu);
+    w->stats[S_BUDGET] += n;
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Give back up to n frames of budget: unused budget first, then resident
+ * pages in clock order (written to swap if dirty).  Never below the
+ * minimum budget.  Returns the frames given back (the caller uncharges). */
+int64_t rv_win_shrink(rv_win *w, int64_t n)
+{
+    pthread_mutex_lock(&w->mu);
+    int64_t done = 0;
+    while (done < n && w->stats[S_BUDGET] > w->minbudget) {
+        if (w->stats[S_RESIDENT] >= w->stats[S_BUDGET] && clock_evict(w) < 0)
+            break;
+        w->stats[S_BUDGET]--;
+        done++;
+    }
+    pthread_mutex_unlock(&w->mu);
+    return done;
+}
+
+void rv_win_stats(rv_win *w, int64_t *out)
+{
+    pthread_mutex_lock(&w->mu);
+    memcpy(out, w->stats, sizeof w->stats);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Per-page states (ABSENT/PRESENT/PARKED/SWAPPED) and swap validity into
+ * `out` (2 bytes a page): for /vm and check(). */
+void rv_win_states(rv_win *w, uint8_t *out)
+{
+    pthread_mutex_lock(&w->mu);
+    for (size_t i = 0; i < w->npages; i++) {
+        out[2 * i] = w->st[i];
+        out[2 * i + 1] = w->valid[i];
+    }
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Copy [off, off+len) of the window into dst without faulting anything
+ * in (a peek: resident pages are read where they are, swapped ones from
+ * their slot and checked, absent ones are zeros).  0, or -EIO for a bad
+ * slot.  The caller's thread reads window pages only while mu keeps them
+ * present. */
+int rv_win_peek(rv_win *w, size_t off, char *dst, size_t len)
+{
+    int rc = 0;
+    pthread_mutex_lock(&w->mu);
+    while (len > 0) {
+        size_t i = off / w->pgsz, in = off % w->pgsz, n = w->pgsz - in < len ? w->pgsz - in : len;
+        if (w->st[i] == PRESENT) {
+            memcpy(dst, w->base + off, n);
+        } else if (w->st[i] == PARKED) {
+            memcpy(dst, w->park + off, n);
+        } else if (w->st[i] == SWAPPED) {
+            if (pread(w->swapfd, w->bounce, w->pgsz, (off_t)w->slots[i] * (off_t)w->pgsz) != (ssize_t)w->pgsz
+                || rv_checksum((uintptr_t)w->bounce, w->pgsz) != w->sums[i]) {
+                rc = -EIO;
+                break;
+            }
+            memcpy(dst, w->bounce + in, n);
+        } else {
+            memset(dst, 0, n);
+        }
+        dst += n;
+        off += n;
+        len -= n;
+    }
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}

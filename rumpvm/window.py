@@ -1,0 +1,351 @@
+"""Host windows: real host memory whose pages rumpvm supplies.
+
+`k.window(length)` maps `length` bytes of host memory backed by an
+anonymous rumpvm object.  Host code (numpy, ctypes, C) reads and writes it
+directly; the pages come from the fault engine in hypercall (uffd.c), a C
+thread that serves userfaultfd faults without the GIL: zero-filled on
+first touch, back from swap after eviction (checksummed), installed
+write-protected so that only pages written since their last write-out are
+written again.
+
+Owns: the kernel's windows (`k.windows`), each window's swap slots (one per
+page, reserved at creation, so eviction never allocates) and its budget of
+frames charged to the memory limit (`physmem.charge`), the `host` process
+whose MAP_SHARED mapping shows each window in /vm.
+
+Memory: the engine never holds more resident pages than its budget; at the
+budget it evicts one of its own pages first (its clock: a page is first
+parked — moved out of the window, still resident — and evicted if not
+touched before the hand comes round again).  Python keeps the budget: the
+minimum (`WINDOW_MIN_PAGES`) is charged at creation, the service thread
+grants more (`GRANT_PAGES` at a time) when the engine runs short and free
+memory stays above the pagedaemon's target, and the pagedaemon takes it
+back at a shortage (a reclaimer: windows give up their share of the
+shortage in proportion to their budget).
+
+Coherence: a window's object keeps no rumpvm pages in the window's range;
+the window's host pages are the object's pages.  `Proc.read`/`write` of
+any process mapping the object, `/vm` reads and `object_write` copy
+straight from or to the window's host addresses (a fault there is served
+by the engine like any host access); peeks (`object_peek`, /vm mem) read
+without faulting anything in.  Such objects can be mapped MAP_SHARED only,
+and cannot be wired.
+
+Lock: the kernel lock for the bookkeeping here; the engine has its own
+mutex and never takes the kernel lock or the GIL, so holding the kernel
+lock while touching window memory is safe.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import hypercall
+
+from .constants import MAP_SHARED, PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE
+from .errors import VMError
+from .physmem import memwait
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+    from .object import VMObject
+    from .proc import Proc
+
+WINDOW_MIN_PAGES = 16  # charged at creation: the engine never waits for Python
+GRANT_PAGES = 64  # budget granted at a time when the engine runs short
+MAX_WINDOW = 1 << 40  # bytes: beyond any swap file rumpvm makes
+
+
+class Window(mmap.mmap):
+    """A host window: `address`, `len(w)`, the buffer protocol
+    (`memoryview(w)`, `numpy.frombuffer(w, ...)`), indexing and slicing
+    as any `mmap`, `obj`, `stats()`, `close()`, use as a context manager.
+    The host mapping is the mmap's own, so views of the window keep it
+    mapped: after close its bytes read as zeros (no longer rumpvm's) and
+    the methods raise VMError(EBADF)."""
+
+    _k: Kernel
+    _hw: hypercall.HostWindow | None
+    _obj: VMObject
+    _first: int  # the object's pindex at the window's first page
+    _npages: int
+    _host_addr: int  # the mapping's address in the host process's map
+    _thread: threading.Thread
+    _reclaim: Any
+    _slots: list[int]
+    _budget: int  # frames charged for the engine (its budget)
+    _shrinking: int  # reclaims running with the lock dropped
+
+    def _live(self) -> hypercall.HostWindow:
+        hw = self._hw
+        if hw is None:
+            raise VMError(errno.EBADF, "window is closed")
+        return hw
+
+    @property
+    def address(self) -> int:
+        return self._live().addr
+
+    @property
+    def obj(self) -> VMObject:
+        self._live()
+        return self._obj
+
+    def stats(self) -> dict[str, int]:
+        """The engine's counters (hypercall.WINDOW_STATS)."""
+        return self._live().stats()
+
+    def close(self) -> None:
+        """Stop serving faults, give back the window's slots and budget; the
+        mapping goes when no view of it is left.  A second close is a
+        no-op.  Takes the kernel lock."""
+        close_window(self._k, self)
+        try:
+            super().close()
+        except BufferError:  # views still exported: unmapped when they and the window are gone
+            pass
+
+    def __enter__(self) -> Window:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        hw = self._hw
+        state = "closed" if hw is None else f"{hw.addr:#x}"
+        return f"<rumpvm window {state} {self._npages} pages obj={self._obj.id}>"
+
+
+def _new_window(npages: int) -> Window:
+    """An anonymous private host mapping that no fork copies."""
+    w = Window(-1, npages << PAGE_SHIFT, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+               prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    w.madvise(mmap.MADV_DONTFORK)
+    w.madvise(mmap.MADV_NOHUGEPAGE)  # the engine moves base pages
+    w._hw = None
+    return w
+
+
+def _address(w: Window) -> int:
+    anchor = ctypes.c_char.from_buffer(w)  # an export, dropped at once
+    addr = ctypes.addressof(anchor)
+    del anchor
+    return addr
+
+
+def open_window(k: Kernel, length: int, obj: VMObject | None, offset: int) -> Window:
+    """k.window: validate, reserve the slots and the minimum budget, start
+    the engine, map the object in the host process.  Takes the kernel lock
+    (not held on entry)."""
+    for name, v in (("length", length), ("offset", offset)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be int")
+    if length <= 0 or length & (PAGE_SIZE - 1) or length > MAX_WINDOW:
+        raise VMError(errno.EINVAL, f"window length {length} must be a positive multiple of {PAGE_SIZE}")
+    if offset < 0 or offset & (PAGE_SIZE - 1):
+        raise VMError(errno.EINVAL, f"window offset {offset} must be a non-negative multiple of {PAGE_SIZE}")
+    npages = length >> PAGE_SHIFT
+    first = offset >> PAGE_SHIFT
+    owned = obj is None
+    if obj is None:
+        if offset:
+            raise VMError(errno.EINVAL, "an offset needs an object")
+        obj = k.create_object(length)
+    try:
+        with k.gate:
+            k.check_open()
+            _check_object(k, obj, first, npages)
+            w = _new_window(npages)
+            hw, slots, budget = _start_engine(k, _address(w), npages)
+            w._k, w._hw, w._obj, w._first, w._npages = k, hw, obj, first, npages
+            w._slots, w._budget, w._shrinking = slots, budget, 0
+            obj.window = w
+            k.windows.append(w)
+            w._reclaim = _reclaimer(weakref.ref(w))
+            k.pagedaemon.reclaimers.append(w._reclaim)
+        w._thread = threading.Thread(target=_service, args=(weakref.ref(w), hw), name="window-budget", daemon=True)
+        w._thread.start()
+        try:
+            w._host_addr = host_proc(k).mmap(length, PROT_READ | PROT_WRITE, MAP_SHARED, obj=obj, offset=offset)
+        except BaseException:
+            close_window(k, w)
+            raise
+    finally:
+        if owned:
+            k.detach_object(obj)  # the host mapping holds the object now
+    return w
+
+
+def _check_object(k: Kernel, obj: VMObject, first: int, npages: int) -> None:
+    """An object a window may take: this kernel's, anonymous, alive, no
+    window yet, and nothing resident or on swap in the range (lock held)."""
+    from .object import VMObject
+
+    if not isinstance(obj, VMObject):
+        raise TypeError("obj must be a rumpvm object (Kernel.create_object)")
+    if obj.kernel is not k or k.objtab.get(obj.id) is not obj or obj.dead or obj.type != "anon":
+        raise VMError(errno.EINVAL, f"object {obj.id} is not a live anonymous object of this kernel")
+    if obj.window is not None:
+        raise VMError(errno.EBUSY, f"object {obj.id} already backs a window")
+    if obj.shadows or any(not e.shared for e in obj.mappings):
+        raise VMError(errno.EBUSY, f"object {obj.id} is mapped MAP_PRIVATE (a window's object is shared only)")
+    if first + npages > obj.size:
+        raise VMError(errno.EINVAL, f"window pages {first}..{first + npages} beyond object {obj.id}'s "
+                                    f"{obj.size} pages")
+    busy = [i for i in (*obj.pages, *obj.swap) if first <= i < first + npages]
+    if busy:
+        raise VMError(errno.EBUSY, f"object {obj.id} has pages in the window's range (e.g. pindex "
+                                   f"{min(busy)}); a window takes an untouched range")
+
+
+def _start_engine(k: Kernel, addr: int, npages: int) -> tuple[hypercall.HostWindow, list[int], int]:
+    """Charge the minimum budget, reserve one swap slot a page, start the
+    engine; everything undone on failure (lock held; may wait for memory)."""
+    swap = k.swap
+    budget = npages if swap is None else min(npages, WINDOW_MIN_PAGES)  # no swap: all charged now
+    if swap is not None and npages > swap.nslots - swap.inuse:
+        raise VMError(errno.ENOMEM, f"window of {npages} pages: only {swap.nslots - swap.inuse} swap "
+                                    "slots free (each window page has its own)")
+    if k.physmem.limit is not None and budget << PAGE_SHIFT > k.physmem.limit:
+        raise VMError(errno.ENOMEM, f"window of {npages} pages without swap: larger than the memory limit")
+    deadline = None
+    while not k.physmem.charge(budget << PAGE_SHIFT):
+        deadline = memwait(k, deadline, budget)
+    slots: list[int] = []
+    try:
+        while swap is not None and len(slots) < npages:
+            got = swap.alloc(npages - len(slots))
+            if got is None:
+                raise VMError(errno.ENOMEM, "swap slots went while waiting for memory")
+            slots.extend(range(got[0], got[0] + got[1]))
+        try:
+            hw = hypercall.HostWindow(addr, npages, swap.file.fd if swap is not None else -1, slots, budget)
+        except OSError as e:
+            raise VMError(e.errno or errno.EIO, e.strerror or str(e)) from None
+    except BaseException:
+        for s in slots:
+            swap.free(s)  # type: ignore[union-attr]
+        k.physmem.uncharge(budget << PAGE_SHIFT)
+        raise
+    return hw, slots, budget
+
+
+def host_proc(k: Kernel) -> Proc:
+    """The process named `host` whose map shows the windows (made on first
+    use).  Lock not held."""
+    with k.gate:
+        p = k.host
+    if p is None or not p.alive:
+        p = k.spawn(name="host")
+        with k.gate:
+            k.host = p
+    return p
+
+
+def close_window(k: Kernel, w: Window) -> None:
+    """Stop the engine, wait for the budget thread, give back slots and
+    budget, unmap the host mapping (the object dies with it unless someone
+    else holds it).  Takes the kernel lock (not held on entry)."""
+    with k.gate:
+        hw = w._hw
+        if hw is None:
+            return
+        w._hw = None
+        hw.close()  # the engine stops: window bytes read as zeros from now on
+        if w._reclaim in k.pagedaemon.reclaimers:
+            k.pagedaemon.reclaimers.remove(w._reclaim)
+    w._thread.join()
+    with k.gate:
+        while w._shrinking:
+            k.mem_cv.wait()
+        hw.destroy()
+        swap = k.swap
+        for s in w._slots:
+            swap.free(s)  # type: ignore[union-attr]
+        k.physmem.uncharge(w._budget << PAGE_SHIFT)
+        if k.mem_waiters:
+            k.mem_cv.notify_all()
+        w._obj.window = None
+        k.windows.remove(w)
+        host = k.host
+        addr = getattr(w, "_host_addr", None)
+    if addr is not None and host is not None and host.alive and not k.closed:
+        host.munmap(addr, w._npages << PAGE_SHIFT)
+
+
+def _service(ref: weakref.ref[Window], hw: hypercall.HostWindow) -> None:
+    """The budget thread: each time the engine evicted for lack of budget,
+    grant more while free memory stays above the pagedaemon's target."""
+    while hw.wait():
+        w = ref()
+        if w is None:
+            return
+        k = w._k
+        with k.gate:
+            if w._hw is None:
+                return
+            pd = k.pagedaemon
+            room = k.physmem.avail_pages() - max(pd.freetarg, pd.freemin) - GRANT_PAGES
+            n = min(GRANT_PAGES, room, w._npages - w._budget)
+            if n > 0 and k.physmem.charge(n << PAGE_SHIFT):
+                w._budget += n
+                hw.grant(n)
+        del w
+
+
+def _reclaimer(ref: weakref.ref[Window]) -> Any:
+    """The pagedaemon's hook: at a shortage, take back this window's share
+    of it (in proportion to its budget among resident memory).  Lock held;
+    dropped while the engine writes pages out."""
+    def reclaim() -> int:
+        w = ref()
+        if w is None or w._hw is None:
+            return 0
+        k = w._k
+        short = k.pagedaemon.shortage()
+        resident = max(1, k.physmem.resident >> PAGE_SHIFT)
+        want = min(w._budget - WINDOW_MIN_PAGES, -(-short * w._budget // resident))
+        if want <= 0:
+            return 0
+        hw = w._hw
+        w._shrinking += 1  # close_window waits for it before freeing the engine
+        try:
+            with k.unlocked():
+                got = hw.shrink(want)
+        finally:
+            w._shrinking -= 1
+            k.mem_cv.notify_all()
+        w._budget -= got
+        k.physmem.uncharge(got << PAGE_SHIFT)
+        k.uvmexp.pdfreed += got
+        return got
+    return reclaim
+
+
+def window_range(obj: VMObject, pindex: int) -> Window | None:
+    """The window holding `obj`'s page `pindex`, if any (lock held)."""
+    w = obj.window
+    if w is not None and w._first <= pindex < w._first + w._npages:
+        return w
+    return None
+
+
+def stats(k: Kernel) -> dict[str, int]:
+    """Window counters summed over the kernel's windows (lock held)."""
+    out = {"windows": len(k.windows), "window_resident": 0, "window_faults": 0, "window_evictions": 0,
+           "window_writes": 0}
+    for w in k.windows:
+        if w._hw is None:
+            continue
+        s = w._hw.stats()
+        out["window_resident"] += s["resident"]
+        out["window_faults"] += s["zerofills"] + s["swapins"] + s["refaults"] + s["wpfaults"]
+        out["window_evictions"] += s["evictions"]
+        out["window_writes"] += s["writes"]
+    return out
