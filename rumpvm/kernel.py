@@ -32,6 +32,7 @@ import math
 import threading
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -173,6 +174,7 @@ class Kernel:
         self.inside = 0  # threads inside public calls (see _Gate)
         self.reservations: set[Reservation] = set()
         self.windows: list[Any] = []  # open host windows (window.py)
+        self.window_totals: Counter[str] = Counter()  # counters of closed windows
         self.host: Proc | None = None  # the process whose map shows them
         self.page_cv = threading.Condition(self.lock)
         self.mem_cv = threading.Condition(self.lock)

@@ -354,11 +354,16 @@ def _kernel_pages(k: Kernel) -> int:
     return -(-k.physmem.resident // PAGE_SIZE) - drainable
 
 
+WINDOW_KEYS = {"zerofills": "window_zerofills", "pageins": "window_swapins", "pageouts": "window_writes"}
+
+
 def _counted(pt: Point, accesses: int, faults: int, before: dict[str, int] | None,
              after: dict[str, int] | None, seconds: float, peak: int | None) -> Result:
     """A Result of `pt` from k.stats() snapshots around its run (None for OPT)."""
-    def delta(key: str) -> int | None:
-        return None if before is None or after is None else after[key] - before[key]
+    def delta(key: str) -> int | None:  # host windows' (the engines') counts included
+        if before is None or after is None:
+            return None
+        return after[key] - before[key] + after[WINDOW_KEYS[key]] - before[WINDOW_KEYS[key]]
     return Result(pt.source.name, pt.policy, pt.limit, pt.frames, accesses, faults, delta("zerofills"),
                   delta("pageins"), delta("pageouts"), seconds, peak, pt.seed, pt.repeat)
 
@@ -412,7 +417,7 @@ def _run_workload(pt: Point) -> Result:
         after = k.stats()
         if pt.check:
             k.check()
-    faults = after["zerofills"] + after["pageins"] - before["zerofills"] - before["pageins"]
+    faults = sum(after[key] - before[key] for key in ("zerofills", "pageins", "window_zerofills", "window_swapins"))
     return _counted(pt, run.accesses, faults, before, after, seconds, run.peak_resident)
 
 

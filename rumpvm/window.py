@@ -17,11 +17,13 @@ Memory: the engine never holds more resident pages than its budget; at the
 budget it evicts one of its own pages first (its clock: a page is first
 parked — moved out of the window, still resident — and evicted if not
 touched before the hand comes round again).  Python keeps the budget: the
-minimum (`WINDOW_MIN_PAGES`) is charged at creation, the service thread
-grants more (`GRANT_PAGES` at a time) when the engine runs short and free
-memory stays above the pagedaemon's target, and the pagedaemon takes it
-back at a shortage (a reclaimer: windows give up their share of the
-shortage in proportion to their budget).
+minimum (`WINDOW_MIN_PAGES`, the engine's floor) is charged at creation,
+waiting for memory if need be, and as much more as is free above the
+pagedaemon's target (up to the window's size); the service thread grants
+more (`GRANT_PAGES` at a time) each time the engine runs short while
+memory is free, and the pagedaemon takes it back at a shortage (a
+reclaimer: windows give up their share of the shortage in proportion to
+their budget).
 
 Coherence: a window's object keeps no rumpvm pages in the window's range;
 the window's host pages are the object's pages.  `Proc.read`/`write` of
@@ -208,7 +210,9 @@ def _start_engine(k: Kernel, addr: int, npages: int) -> tuple[hypercall.HostWind
     """Charge the minimum budget, reserve one swap slot a page, start the
     engine; everything undone on failure (lock held; may wait for memory)."""
     swap = k.swap
-    budget = npages if swap is None else min(npages, WINDOW_MIN_PAGES)  # no swap: all charged now
+    # No swap: nothing to page to; no limit: nothing to hold back.  Either
+    # way every page is charged now.
+    budget = npages if swap is None or k.physmem.limit is None else min(npages, WINDOW_MIN_PAGES)
     if swap is not None and npages > swap.nslots - swap.inuse:
         raise VMError(errno.ENOMEM, f"window of {npages} pages: only {swap.nslots - swap.inuse} swap "
                                     "slots free (each window page has its own)")
@@ -233,7 +237,7 @@ def _start_engine(k: Kernel, addr: int, npages: int) -> tuple[hypercall.HostWind
             swap.free(s)  # type: ignore[union-attr]
         k.physmem.uncharge(budget << PAGE_SHIFT)
         raise
-    return hw, slots, budget
+    return hw, slots, budget + _grant(k, hw, npages - budget)
 
 
 def host_proc(k: Kernel) -> Proc:
@@ -264,6 +268,9 @@ def close_window(k: Kernel, w: Window) -> None:
     with k.gate:
         while w._shrinking:
             k.mem_cv.wait()
+        last = hw.stats()
+        for name in COUNTERS:
+            k.window_totals[name] += last[name]
         hw.destroy()
         swap = k.swap
         for s in w._slots:
@@ -290,13 +297,20 @@ def _service(ref: weakref.ref[Window], hw: hypercall.HostWindow) -> None:
         with k.gate:
             if w._hw is None:
                 return
-            pd = k.pagedaemon
-            room = k.physmem.avail_pages() - max(pd.freetarg, pd.freemin) - GRANT_PAGES
-            n = min(GRANT_PAGES, room, w._npages - w._budget)
-            if n > 0 and k.physmem.charge(n << PAGE_SHIFT):
-                w._budget += n
-                hw.grant(n)
+            w._budget += _grant(k, hw, min(GRANT_PAGES, w._npages - w._budget))
         del w
+
+
+def _grant(k: Kernel, hw: hypercall.HostWindow, want: int) -> int:
+    """Charge and grant up to `want` more frames to an engine, as far as
+    free memory stays above the pagedaemon's target; returns how many.
+    Lock held."""
+    pd = k.pagedaemon
+    n = min(want, k.physmem.avail_pages() - max(pd.freetarg, pd.freemin) - GRANT_PAGES)
+    if n <= 0 or not k.physmem.charge(n << PAGE_SHIFT):
+        return 0
+    hw.grant(n)
+    return n
 
 
 def _reclaimer(ref: weakref.ref[Window]) -> Any:
@@ -336,16 +350,23 @@ def window_range(obj: VMObject, pindex: int) -> Window | None:
     return None
 
 
+COUNTERS = ("zerofills", "swapins", "refaults", "wpfaults", "evictions", "writes", "selfevictions")
+
+
 def stats(k: Kernel) -> dict[str, int]:
-    """Window counters summed over the kernel's windows (lock held)."""
-    out = {"windows": len(k.windows), "window_resident": 0, "window_faults": 0, "window_evictions": 0,
-           "window_writes": 0}
+    """Window counters over the kernel's life (closed windows' counts are
+    kept in `k.window_totals`), and the live windows' resident pages.
+    `window_faults` is every fault the engines served; the misses are
+    `window_zerofills` + `window_swapins`.  Lock held."""
+    totals = k.window_totals.copy()
+    resident = 0
     for w in k.windows:
-        if w._hw is None:
-            continue
-        s = w._hw.stats()
-        out["window_resident"] += s["resident"]
-        out["window_faults"] += s["zerofills"] + s["swapins"] + s["refaults"] + s["wpfaults"]
-        out["window_evictions"] += s["evictions"]
-        out["window_writes"] += s["writes"]
+        if w._hw is not None:
+            s = w._hw.stats()
+            resident += s["resident"]
+            for name in COUNTERS:
+                totals[name] += s[name]
+    out = {"windows": len(k.windows), "window_resident": resident,
+           "window_faults": totals["zerofills"] + totals["swapins"] + totals["refaults"] + totals["wpfaults"]}
+    out.update((f"window_{name}", totals[name]) for name in COUNTERS)
     return out

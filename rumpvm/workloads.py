@@ -220,6 +220,94 @@ def _shared(run: Run, params: Params) -> None:
             left -= m
 
 
+# -- host code in a window (k.window): real numpy over rumpvm-paged memory ----------
+#
+# Host code's accesses cannot be counted one by one; `accesses` of these
+# workloads counts page touches of the algorithm's passes (documented per
+# workload), so miss ratios compare across limits and policies of one
+# workload, not across workloads.
+
+FILL_CHUNK = 1 << 17  # elements generated (in host memory) per slice of a window array
+
+
+def _window_sample(run: Run) -> None:
+    run.peak_resident = max(run.peak_resident, run.k.stats()["resident"])
+
+
+def _sort(run: Run, params: Params) -> None:
+    """numpy sorts (in place) a uint64 array filling the window, then checks
+    it.  Accesses: pages x (fill + check + ceil(log2 pages) partition levels)."""
+    import numpy as np
+
+    npages = _pages(params)
+    rng = np.random.default_rng(run.rng.getrandbits(64))
+    with run.k.window(npages * PAGE_SIZE) as w:
+        a = np.frombuffer(w, dtype=np.uint64)
+        total = 0
+        for i in range(0, a.size, FILL_CHUNK):
+            part = rng.integers(0, 1 << 63, min(FILL_CHUNK, a.size - i), dtype=np.uint64)
+            a[i:i + part.size] = part
+            total ^= int(np.bitwise_xor.reduce(part))
+        _window_sample(run)
+        a.sort()
+        _window_sample(run)
+        check = 0
+        for i in range(0, a.size, FILL_CHUNK):  # sorted, and the same multiset (xor of all values)
+            part = a[max(0, i - 1):i + FILL_CHUNK]
+            if not (part[1:] >= part[:-1]).all():
+                raise AssertionError("sort workload: the window's array is not sorted")
+            check ^= int(np.bitwise_xor.reduce(a[i:i + FILL_CHUNK]))
+        if check != total:
+            raise AssertionError("sort workload: the sorted array lost or changed values")
+        del a, part
+    run.accesses += npages * (2 + max(1, (npages - 1).bit_length()))
+
+
+def _matmul_n(params: Params) -> int:
+    """The matrix order: three n x n float64 matrices fill the footprint,
+    n a multiple of the block."""
+    b = int(params["block"])
+    return max(b, int((int(params["footprint"]) / 24) ** 0.5) // b * b)
+
+
+def _matmul_bytes(params: Params) -> int:
+    return -(-3 * 8 * _matmul_n(params) ** 2 // PAGE_SIZE) * PAGE_SIZE
+
+
+def _matmul(run: Run, params: Params) -> None:
+    """C = A @ B by blocks (numpy matmul on block x block tiles), with small
+    integer entries so every product is exact; checks sampled entries.
+    Accesses: the pages of the three tiles of each block product, plus
+    filling A and B."""
+    import numpy as np
+
+    n, b = _matmul_n(params), int(params["block"])
+    rng = np.random.default_rng(run.rng.getrandbits(64))
+    size = _matmul_bytes(params)
+    with run.k.window(size) as w:
+        m = np.frombuffer(w, dtype=np.float64, count=3 * n * n).reshape(3, n, n)
+        A, B, C = m[0], m[1], m[2]
+        for i in range(0, n, b):
+            A[i:i + b] = rng.integers(0, 8, (min(b, n - i), n))
+            B[i:i + b] = rng.integers(0, 8, (min(b, n - i), n))
+        _window_sample(run)
+        tiles = n // b
+        for i in range(0, n, b):
+            for j in range(0, n, b):
+                acc = np.zeros((b, b))
+                for k in range(0, n, b):
+                    acc += A[i:i + b, k:k + b] @ B[k:k + b, j:j + b]
+                C[i:i + b, j:j + b] = acc
+            _window_sample(run)
+        for _ in range(16):
+            i, j = run.rng.randrange(n), run.rng.randrange(n)
+            if C[i, j] != float(np.dot(A[i, :], B[:, j])):
+                raise AssertionError(f"matmul workload: C[{i},{j}] is wrong")
+        del m, A, B, C
+    tile_pages = b * -(-b * 8 // PAGE_SIZE)  # a tile's rows lie n * 8 bytes apart: a page (or more) each
+    run.accesses += 2 * n * n * 8 // PAGE_SIZE + tiles ** 3 * 2 * tile_pages + tiles ** 2 * tile_pages
+
+
 def _region_bytes(params: Params) -> int:
     """The footprint of a workload that touches one region: the region."""
     return _pages(params) * PAGE_SIZE
@@ -256,6 +344,9 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
     _workload("shared", "processes take turns at random accesses to one MAP_SHARED region", _shared,
               procs=Knob(4, "int", "processes sharing the region"),
               burst=Knob(64, "int", "accesses per turn"), passes=PASSES, writes=WRITES),
+    _workload("sort", "host numpy sorts a uint64 array in a window (k.window)", _sort),
+    _workload("matmul", "host numpy multiplies float64 matrices by blocks in a window (k.window)", _matmul,
+              _matmul_bytes, block=Knob(128, "int", "tile order of the blocked multiply")),
 )}
 
 

@@ -92,7 +92,7 @@ def test_each_workload(tmp_path: Path, name: str, capsys: pytest.CaptureFixture[
     rc, text, err = experiment(capsys, name, "--param", "footprint=512K", "--limits", "384K,4M",
                                "--policies", "clock,fifo", "--jobs", "1", "--seed", "5", "-o", str(tmp_path))
     assert rc == 0, err
-    assert f"# {name} workload (footprint=512K, " in text
+    assert f"# {name} workload (footprint=512K" in text
     rows = rows_of(tmp_path)
     assert [(r["policy"], r["limit"]) for r in rows] == [
         ("clock", "393216"), ("clock", "4194304"), ("fifo", "393216"), ("fifo", "4194304")]
