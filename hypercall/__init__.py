@@ -400,6 +400,7 @@ def _inject_read(fd: int, offset: int, length: int) -> None:
 WINDOW_STATS = ("resident", "budget", "zerofills", "swapins", "refaults", "wpfaults",
                 "evictions", "writes", "selfevictions", "errors")
 WINDOW_STATES = ("absent", "present", "parked", "swapped")  # uffd.c's page states
+WAIT_EVENTS, WAIT_PRESSURE = 1, 2  # HostWindow.wait() bits
 
 
 def _uffd_refused(why: int, err: int) -> str:
@@ -440,17 +441,47 @@ class HostWindow:
         self.npages = npages
         self.addr = addr
         self._stats = ffi.new("int64_t[]", len(WINDOW_STATS))
+        self._drain_max = min(npages, 4096)
+        self._didx = ffi.new("uint32_t[]", self._drain_max)
+        self._dstate = ffi.new("uint8_t[]", self._drain_max)
+        self._dref = ffi.new("uint8_t[]", self._drain_max)
 
     def grant(self, n: int) -> None:
         lib.rv_win_grant(self._w, n)
 
-    def shrink(self, n: int) -> int:
-        """Give back up to n frames of budget (evicting); returns how many."""
-        return int(lib.rv_win_shrink(self._w, n))
+    def evict(self, pages: list[int]) -> tuple[int, list[bool]]:
+        """Evict those of `pages` (indices) still resident, writing dirty
+        ones; returns (frames of budget given back, which pages went)."""
+        idx = ffi.new("uint32_t[]", pages)
+        done = ffi.new("uint8_t[]", len(pages))
+        evicted = ffi.new("int64_t *")
+        given = lib.rv_win_evict(self._w, idx, done, len(pages), evicted)
+        return int(given), [bool(d) for d in done]
 
-    def wait(self) -> bool:
-        """Block until the engine ran out of budget (True) or closed (False)."""
-        return bool(lib.rv_win_wait(self._w))
+    def park(self, pages: list[int]) -> None:
+        """Park those of `pages` that are present (a touch then refaults)."""
+        lib.rv_win_park(self._w, ffi.new("uint32_t[]", pages), len(pages))
+
+    def trim(self, spare: int) -> int:
+        """Give back the budget no resident page uses beyond `spare` pages;
+        returns the frames."""
+        return int(lib.rv_win_trim(self._w, spare))
+
+    def drain(self) -> list[tuple[int, int, bool]]:
+        """Pages whose residency changed since last drained: (index, state
+        now (WINDOW_STATES), refaulted since)."""
+        out: list[tuple[int, int, bool]] = []
+        n = self._drain_max
+        while True:
+            got = lib.rv_win_drain(self._w, self._didx, self._dstate, self._dref, n)
+            out.extend(zip(self._didx[0:got], self._dstate[0:got], map(bool, self._dref[0:got])))
+            if got < n:
+                return out
+
+    def wait(self) -> int:
+        """Block until there is news: 0 closed, else WAIT_EVENTS (pages to
+        drain) and/or WAIT_PRESSURE (the engine ran out of budget) set."""
+        return int(lib.rv_win_wait(self._w))
 
     def stats(self) -> dict[str, int]:
         lib.rv_win_stats(self._w, self._stats)

@@ -42,7 +42,10 @@ ffibuilder.cdef(
     void rv_win_close(rv_win *w);
     void rv_win_destroy(rv_win *w);
     void rv_win_grant(rv_win *w, int64_t n);
-    int64_t rv_win_shrink(rv_win *w, int64_t n);
+    int64_t rv_win_evict(rv_win *w, const uint32_t *idx, uint8_t *done, int64_t n, int64_t *evicted);
+    void rv_win_park(rv_win *w, const uint32_t *idx, int64_t n);
+    int64_t rv_win_trim(rv_win *w, int64_t spare);
+    int64_t rv_win_drain(rv_win *w, uint32_t *idx, uint8_t *state, uint8_t *ref, int64_t max);
     int rv_win_wait(rv_win *w);
     void rv_win_stats(rv_win *w, int64_t *out);
     void rv_win_states(rv_win *w, uint8_t *out);

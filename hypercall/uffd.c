@@ -22,11 +22,21 @@
  * write).
  *
  * Limit: `resident` (PRESENT + PARKED) never exceeds `budget`, the frames
- * Python charged to the memory limit for this window.  A fault at the
- * budget evicts one page first (the engine's own clock); Python's
- * pagedaemon shrinks the budget with rv_win_evict and grows it with
- * rv_win_grant when memory is free.  The budget never drops below
+ * Python charged to the memory limit for this window.  When no more than
+ * `lowwater` frames of it are spare the engine asks Python for more
+ * (rv_win_wait's pressure bit), ahead of need; a fault at the budget
+ * before Python answered evicts one page first (the engine's own clock,
+ * the fallback).  Python shrinks the budget with rv_win_evict/rv_win_trim
+ * and grows it with rv_win_grant.  The budget never drops below
  * `minbudget`, so a fault never waits for Python.
+ *
+ * Python keeps the policy: every page that becomes resident (or that the
+ * engine evicts by itself) is queued once in `evq` for Python's window
+ * thread (rv_win_wait, rv_win_drain), which keeps a stub page on the
+ * kernel's page queues for each resident window page; the pagedaemon's
+ * policy picks victims among them and rv_win_evict writes them out.  A
+ * page the pagedaemon deactivates is parked (rv_win_park); touching it
+ * again is a refault reported as a reference (`refd`).
  *
  * Lock: `mu` guards the page table and counters; it is held while a fault
  * is served and across eviction I/O.  The engine touches only its own
@@ -89,7 +99,7 @@ enum {  /* rv_win_stats slots (mirrored in hypercall.WINDOW_STATS) */
 };
 
 typedef struct rv_win {
-    int uffd, stopfd, pressfd, swapfd;
+    int uffd, stopfd, evfd, swapfd;
     size_t npages, pgsz;
     char *base, *park, *bounce;
     const int64_t *slots;           /* the window's swap slots, one per page */
@@ -100,6 +110,11 @@ typedef struct rv_win {
     int64_t minbudget;
     pthread_mutex_t mu;
     pthread_t thread;
+    uint8_t *pend, *refd;           /* page queued in evq; refaulted since drained */
+    uint32_t *evq;                  /* pages whose residency changed, for Python */
+    size_t evhead, evlen;
+    int armed, pressure, asked;     /* Python sleeps in rv_win_wait; budget wanted; asked since the last grant */
+    int64_t lowwater;               /* ask for budget when this little is spare */
     int running, closing;
 } rv_win;
 
@@ -178,6 +193,29 @@ static int clean(rv_win *w, size_t i)
     return 0;
 }
 
+/* Wake Python's window thread if it sleeps in rv_win_wait (one write per
+ * sleep, not per event). */
+static void signal_python(rv_win *w)
+{
+    if (w->armed) {
+        uint64_t one = 1;
+        w->armed = 0;
+        if (write(w->evfd, &one, sizeof one) != sizeof one)
+            w->stats[S_ERRORS]++;
+    }
+}
+
+/* Tell Python page i became resident or left (each page at most once in
+ * the queue: the queue never overflows). */
+static void note(rv_win *w, size_t i)
+{
+    if (!w->pend[i]) {
+        w->pend[i] = 1;
+        w->evq[(w->evhead + w->evlen++) % w->npages] = (uint32_t)i;
+    }
+    signal_python(w);
+}
+
 /* Move a present page to the parking area (still resident). */
 static int park(rv_win *w, size_t i)
 {
@@ -210,10 +248,12 @@ static int clock_evict(rv_win *w)
     for (size_t n = 0; n < 2 * w->npages + 1; n++) {
         size_t i = w->hand;
         w->hand = (w->hand + 1) % w->npages;
-        if (w->st[i] == PRESENT)
+        if (w->st[i] == PRESENT) {
             park(w, i);
-        else if (w->st[i] == PARKED && evict(w, i) == 0)
+        } else if (w->st[i] == PARKED && evict(w, i) == 0) {
+            note(w, i);
             return 0;
+        }
     }
     return -1;
 }
@@ -234,6 +274,8 @@ static void serve_missing(rv_win *w, size_t i, int wr)
         }
         w->st[i] = PRESENT;
         w->stats[S_REFAULTS]++;
+        w->refd[i] = 1;
+        note(w, i);
         if (wr)
             w->dirty[i] = 1;
         else if (!w->dirty[i])
@@ -248,9 +290,8 @@ static void serve_missing(rv_win *w, size_t i, int wr)
             return;
         }
         w->stats[S_SELFEVICTIONS]++;
-        uint64_t one = 1;  /* ask Python for more budget (rv_win_wait) */
-        if (write(w->pressfd, &one, sizeof one) != sizeof one)
-            w->stats[S_ERRORS]++;
+        w->pressure = 1;  /* ask Python for more budget */
+        signal_python(w);
     }
     int poison = 0;
     if (w->st[i] == SWAPPED) {
@@ -277,6 +318,11 @@ static void serve_missing(rv_win *w, size_t i, int wr)
     w->st[i] = PRESENT;
     w->dirty[i] = (uint8_t)wr;
     w->stats[S_RESIDENT]++;
+    note(w, i);
+    if (!w->asked && w->stats[S_BUDGET] - w->stats[S_RESIDENT] <= w->lowwater) {
+        w->asked = w->pressure = 1;  /* ahead of need: Python frees by the kernel's policy */
+        signal_python(w);
+    }
 }
 
 static void *engine(void *arg)
@@ -345,6 +391,7 @@ rv_win *rv_win_create(int uffd, char *base, size_t npages, size_t pgsz, int swap
     w->swapfd = swapfd;
     w->slots = slots;
     w->stats[S_BUDGET] = w->minbudget = budget;
+    w->lowwater = budget / 2;
     pthread_mutex_init(&w->mu, NULL);
     size_t len = npages * pgsz;
     w->base = base;  /* the caller's mapping (MADV_DONTFORK, no huge pages) */
@@ -354,10 +401,13 @@ rv_win *rv_win_create(int uffd, char *base, size_t npages, size_t pgsz, int swap
     w->dirty = calloc(npages, 1);
     w->valid = calloc(npages, 1);
     w->sums = calloc(npages, sizeof *w->sums);
+    w->pend = calloc(npages, 1);
+    w->refd = calloc(npages, 1);
+    w->evq = calloc(npages, sizeof *w->evq);
     w->stopfd = eventfd(0, EFD_CLOEXEC);
-    w->pressfd = eventfd(0, EFD_CLOEXEC);
-    if (!w->base || !w->park || !w->bounce || !w->st || !w->dirty || !w->valid || !w->sums || w->stopfd < 0
-        || w->pressfd < 0) {
+    w->evfd = eventfd(0, EFD_CLOEXEC);
+    if (!w->park || !w->bounce || !w->st || !w->dirty || !w->valid || !w->sums || !w->pend || !w->refd || !w->evq
+        || w->stopfd < 0 || w->evfd < 0) {
         *err = ENOMEM;
         goto fail;
     }
@@ -395,7 +445,7 @@ void rv_win_close(rv_win *w)
     w->stats[S_RESIDENT] = 0;
     pthread_mutex_unlock(&w->mu);
     uint64_t one = 1;
-    if (write(w->pressfd, &one, sizeof one) != sizeof one)
+    if (write(w->evfd, &one, sizeof one) != sizeof one)
         w->stats[S_ERRORS]++;
 }
 
@@ -406,13 +456,16 @@ static void teardown(rv_win *w)
     close(w->uffd);
     if (w->stopfd > 0)
         close(w->stopfd);
-    if (w->pressfd > 0)
-        close(w->pressfd);
+    if (w->evfd > 0)
+        close(w->evfd);
     free(w->bounce);
     free(w->st);
     free(w->dirty);
     free(w->valid);
     free(w->sums);
+    free(w->pend);
+    free(w->refd);
+    free(w->evq);
     pthread_mutex_destroy(&w->mu);
     free(w);
 }
@@ -421,17 +474,99 @@ static void teardown(rv_win *w)
  * waiter); the window's addresses are the caller's to unmap. */
 void rv_win_destroy(rv_win *w) { teardown(w); }
 
-/* Block until the engine evicted for lack of budget (1) or the window
- * closed (0).  Called with the GIL released. */
+/* Block until there is news for Python: 0 the window closed, else bit 0
+ * events to drain (rv_win_drain), bit 1 the engine evicted for lack of
+ * budget since the last call.  Called with the GIL released. */
 int rv_win_wait(rv_win *w)
 {
-    uint64_t n;
-    if (read(w->pressfd, &n, sizeof n) != sizeof n)
-        return 0;
+    for (;;) {
+        pthread_mutex_lock(&w->mu);
+        if (w->closing) {
+            pthread_mutex_unlock(&w->mu);
+            return 0;
+        }
+        if (w->evlen || w->pressure) {
+            int r = (w->evlen ? 1 : 0) | (w->pressure ? 2 : 0);
+            w->pressure = 0;
+            pthread_mutex_unlock(&w->mu);
+            return r | 4;  /* never 0 */
+        }
+        w->armed = 1;
+        pthread_mutex_unlock(&w->mu);
+        uint64_t n;
+        if (read(w->evfd, &n, sizeof n) != sizeof n)
+            return 0;
+    }
+}
+
+/* Up to max pages whose residency changed since they were last drained:
+ * their index, state now, and whether they were refaulted (a reference).
+ * Returns how many. */
+int64_t rv_win_drain(rv_win *w, uint32_t *idx, uint8_t *state, uint8_t *ref, int64_t max)
+{
+    int64_t n = 0;
     pthread_mutex_lock(&w->mu);
-    int closing = w->closing;
+    while (n < max && w->evlen) {
+        size_t i = w->evq[w->evhead];
+        w->evhead = (w->evhead + 1) % w->npages;
+        w->evlen--;
+        w->pend[i] = 0;
+        idx[n] = (uint32_t)i;
+        state[n] = w->st[i];
+        ref[n] = w->refd[i];
+        w->refd[i] = 0;
+        n++;
+    }
     pthread_mutex_unlock(&w->mu);
-    return !closing;
+    return n;
+}
+
+/* Evict the listed pages that are still resident (the pagedaemon's
+ * victims), writing dirty ones; done[k] says whether idx[k] went, and
+ * *evicted counts them.  The budget shrinks by as many (not below the
+ * minimum): returns the frames given back. */
+int64_t rv_win_evict(rv_win *w, const uint32_t *idx, uint8_t *done, int64_t n, int64_t *evicted)
+{
+    int64_t ev = 0;
+    pthread_mutex_lock(&w->mu);
+    for (int64_t k = 0; k < n; k++) {
+        size_t i = idx[k];
+        done[k] = 0;
+        if (i >= w->npages || (w->st[i] == PRESENT && park(w, i) < 0))
+            continue;
+        if (w->st[i] == PARKED && evict(w, i) == 0) {
+            done[k] = 1;
+            ev++;
+        }
+    }
+    int64_t give = w->stats[S_BUDGET] - ev < w->minbudget ? w->stats[S_BUDGET] - w->minbudget : ev;
+    w->stats[S_BUDGET] -= give;
+    pthread_mutex_unlock(&w->mu);
+    *evicted = ev;
+    return give;
+}
+
+/* Park the listed present pages (the pagedaemon deactivated them): the
+ * next touch of one is a refault Python hears as a reference. */
+void rv_win_park(rv_win *w, const uint32_t *idx, int64_t n)
+{
+    pthread_mutex_lock(&w->mu);
+    for (int64_t k = 0; k < n; k++)
+        if (idx[k] < w->npages && w->st[idx[k]] == PRESENT)
+            park(w, idx[k]);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Give back the budget no resident page uses beyond `spare` pages (not
+ * below the minimum); returns the frames given back. */
+int64_t rv_win_trim(rv_win *w, int64_t spare)
+{
+    pthread_mutex_lock(&w->mu);
+    int64_t keep = w->stats[S_RESIDENT] + spare > w->minbudget ? w->stats[S_RESIDENT] + spare : w->minbudget;
+    int64_t give = w->stats[S_BUDGET] > keep ? w->stats[S_BUDGET] - keep : 0;
+    w->stats[S_BUDGET] -= give;
+    pthread_mutex_unlock(&w->mu);
+    return give;
 }
 
 /* Grow the budget by n frames (already charged by the caller). */
@@ -439,24 +574,8 @@ void rv_win_grant(rv_win *w, int64_t n)
 {
     pthread_mutex_lock(&w->mu);
     w->stats[S_BUDGET] += n;
+    w->asked = 0;
     pthread_mutex_unlock(&w->mu);
-}
-
-/* Give back up to n frames of budget: unused budget first, then resident
- * pages in clock order (written to swap if dirty).  Never below the
- * minimum budget.  Returns the frames given back (the caller uncharges). */
-int64_t rv_win_shrink(rv_win *w, int64_t n)
-{
-    pthread_mutex_lock(&w->mu);
-    int64_t done = 0;
-    while (done < n && w->stats[S_BUDGET] > w->minbudget) {
-        if (w->stats[S_RESIDENT] >= w->stats[S_BUDGET] && clock_evict(w) < 0)
-            break;
-        w->stats[S_BUDGET]--;
-        done++;
-    }
-    pthread_mutex_unlock(&w->mu);
-    return done;
 }
 
 void rv_win_stats(rv_win *w, int64_t *out)

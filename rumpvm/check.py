@@ -181,7 +181,8 @@ def check_kernel(k: Kernel) -> list[str]:
         errs.append(f"{npv} pv entries for {len(pv_expected)} translations")
     if wired_pages != k.queues.wired:
         errs.append(f"queues.wired {k.queues.wired} != {wired_pages}")
-    if len(k.queues.active) + len(k.queues.inactive) > sum(len(o.pages) for o in k.objtab.values()):
+    stubs = sum(len(w._stubs) for w in k.windows)
+    if len(k.queues.active) + len(k.queues.inactive) > sum(len(o.pages) for o in k.objtab.values()) + stubs:
         errs.append("queued pages that belong to no object")
     policy = k.queues.policy
     if policy is not None:  # a policy that tracks pages: its own structures agree with the queues
@@ -274,4 +275,10 @@ def _window_errors(k: Kernel) -> list[str]:
             errs.append(f"{w!r}: object {o.id} has rumpvm pages or slots in the window's range: {inside[:5]}")
         if o.window is not w:
             errs.append(f"{w!r}: object {o.id} does not point back at its window")
+        for i, stub in w._stubs.items():
+            if stub.obj is not o or stub.pindex != lo + i or stub.frame != -1 or not (stub.queue or w._busy):
+                errs.append(f"{w!r}: stub {stub} for page {i} is not a queued stub of the window's object")
+                break
+        if len(w._stubs) > s["resident"]:
+            errs.append(f"{w!r}: {len(w._stubs)} stubs for {s['resident']} resident pages")
     return errs

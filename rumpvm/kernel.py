@@ -368,7 +368,9 @@ class Kernel:
         return None if self.physmem.limit is None else self.physmem.limit // 3
 
     def _drain_pools(self) -> int:
-        return sum(p.drain() for p in self.pooltab.values()) + drain_uareas(self)
+        """The pagedaemon's reclaimer: idle pool pages, cached u-areas, and
+        host windows' budget that no resident page uses."""
+        return sum(p.drain() for p in self.pooltab.values()) + drain_uareas(self) + window.trim(self)
 
     def next_object_id(self) -> int:
         oid = self._next_oid

@@ -83,6 +83,9 @@ class PageQueues:
         self.inactive: OrderedDict[VMPage, None] = OrderedDict()
         self.wired = 0  # pages with wire_count > 0
         self.policy: Policy | None = None
+        # Host-window stubs (frame -1) moved to the inactive queue: the
+        # pagedaemon has their engines park them (window.park).
+        self.deactivated: list[VMPage] = []
 
     def enqueue(self, page: VMPage, queue: int) -> None:
         """Put a page at the tail of `queue` (moving it if it is on one)."""
@@ -93,6 +96,8 @@ class PageQueues:
             del self.inactive[page]
         (self.active if queue == ACTIVE else self.inactive)[page] = None
         page.queue = queue
+        if queue != ACTIVE and page.frame < 0:
+            self.deactivated.append(page)
         if not old and self.policy is not None:
             self.policy.inserted(page)
 

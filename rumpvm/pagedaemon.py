@@ -41,7 +41,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import swapper
+from . import swapper, window
 from .constants import PAGE_SIZE
 from .errors import VMError
 from .page import ACTIVE, VMPage
@@ -296,6 +296,8 @@ class Pagedaemon:
         # As uvm_swapout_threads: the fallbacks only when no long sleeper went.
         if short > 0 and not swapped and swapper.swapout_threads(k, short):
             self._evict(short)
+        if k.queues.deactivated:
+            window.park(k)
         return drained
 
     def _deactivate_over_rss(self) -> None:
@@ -324,10 +326,18 @@ class Pagedaemon:
         returns what is still short."""
         k = self.k
         batch: list[tuple[VMPage, VMObject]] = []
+        stubs: list[VMPage] = []
         for page in self._policy.victims(k, short):
             if page.busy or page.wire_count or not page.queue:
                 if page.queue:
                     k.queues.enqueue(page, page.queue)
+                continue
+            if page.frame < 0:  # a host window's page: its engine evicts it (window.evict)
+                k.queues.dequeue(page)
+                stubs.append(page)
+                short -= 1
+                if short <= 0:
+                    break
                 continue
             obj = page.obj
             assert obj is not None
@@ -353,6 +363,8 @@ class Pagedaemon:
             if short <= 0:
                 break
         self.flush(batch)
+        if stubs:  # a window page whose budget stays (its floor) frees nothing
+            short += len(stubs) - window.evict(k, stubs)
         return short
 
     def flush(self, batch: list[tuple[VMPage, VMObject]]) -> None:

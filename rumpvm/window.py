@@ -13,17 +13,25 @@ page, reserved at creation, so eviction never allocates) and its budget of
 frames charged to the memory limit (`physmem.charge`), the `host` process
 whose MAP_SHARED mapping shows each window in /vm.
 
-Memory: the engine never holds more resident pages than its budget; at the
-budget it evicts one of its own pages first (its clock: a page is first
-parked — moved out of the window, still resident — and evicted if not
-touched before the hand comes round again).  Python keeps the budget: the
-minimum (`WINDOW_MIN_PAGES`, the engine's floor) is charged at creation,
-waiting for memory if need be, and as much more as is free above the
-pagedaemon's target (up to the window's size); the service thread grants
-more (`GRANT_PAGES` at a time) each time the engine runs short while
-memory is free, and the pagedaemon takes it back at a shortage (a
-reclaimer: windows give up their share of the shortage in proportion to
-their budget).
+Memory and policy: the engine never holds more resident pages than its
+budget, frames charged to the memory limit (`physmem.charge`): the minimum
+(`WINDOW_MIN_PAGES`, the engine's floor, so a fault never waits for
+Python) and as much as is free above the pagedaemon's target at creation.
+The window's thread (`_service`) keeps a stub page (a VMPage with frame -1,
+not in the object's `pages`) on the kernel's page queues for every resident
+window page, from the engine's event queue, so the pagedaemon's policy
+chooses among window pages and every other page alike: a stub it picks is
+evicted by the engine (`evict`, in batches, the lock dropped for the
+writes) and its frame of budget given back; a stub it deactivates is
+parked by the engine (`park`), and the next touch of the page is a
+refault the thread reports as a reference.  When the engine's spare
+budget runs low it asks for more ahead of need; the thread charges
+`GRANT_PAGES` more, reclaiming first by the policy (`memwait`) when
+memory is short.  Only when the thread has not caught up does the engine
+evict by itself (its own clock: a page parked, then evicted if untouched
+when the hand returns), reported to the thread like any eviction and
+counted as `selfevictions`.  Unused budget beyond a grant goes back at a
+shortage (`trim`, a pagedaemon reclaimer).
 
 Coherence: a window's object keeps no rumpvm pages in the window's range;
 the window's host pages are the object's pages.  `Proc.read`/`write` of
@@ -45,13 +53,16 @@ import errno
 import mmap
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 import hypercall
 
 from .constants import MAP_SHARED, PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE
 from .errors import VMError
+from .page import ACTIVE, INACTIVE, VMPage
 from .physmem import memwait
+
+PRESENT, PARKED = hypercall.WINDOW_STATES.index("present"), hypercall.WINDOW_STATES.index("parked")
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -78,10 +89,10 @@ class Window(mmap.mmap):
     _npages: int
     _host_addr: int  # the mapping's address in the host process's map
     _thread: threading.Thread
-    _reclaim: Any
     _slots: list[int]
     _budget: int  # frames charged for the engine (its budget)
-    _shrinking: int  # reclaims running with the lock dropped
+    _busy: int  # evictions running with the lock dropped
+    _stubs: dict[int, VMPage]  # a stub on the page queues per resident page (by window index)
 
     def _live(self) -> hypercall.HostWindow:
         hw = self._hw
@@ -166,11 +177,9 @@ def open_window(k: Kernel, length: int, obj: VMObject | None, offset: int) -> Wi
             w = _new_window(npages)
             hw, slots, budget = _start_engine(k, _address(w), npages)
             w._k, w._hw, w._obj, w._first, w._npages = k, hw, obj, first, npages
-            w._slots, w._budget, w._shrinking = slots, budget, 0
+            w._slots, w._budget, w._busy, w._stubs = slots, budget, 0, {}
             obj.window = w
             k.windows.append(w)
-            w._reclaim = _reclaimer(weakref.ref(w))
-            k.pagedaemon.reclaimers.append(w._reclaim)
         w._thread = threading.Thread(target=_service, args=(weakref.ref(w), hw), name="window-budget", daemon=True)
         w._thread.start()
         try:
@@ -262,11 +271,13 @@ def close_window(k: Kernel, w: Window) -> None:
             return
         w._hw = None
         hw.close()  # the engine stops: window bytes read as zeros from now on
-        if w._reclaim in k.pagedaemon.reclaimers:
-            k.pagedaemon.reclaimers.remove(w._reclaim)
+        k.mem_cv.notify_all()  # its thread may wait for memory (_take)
+        for stub in w._stubs.values():
+            k.queues.dequeue(stub)
+        w._stubs.clear()
     w._thread.join()
     with k.gate:
-        while w._shrinking:
+        while w._busy:
             k.mem_cv.wait()
         last = hw.stats()
         for name in COUNTERS:
@@ -287,22 +298,72 @@ def close_window(k: Kernel, w: Window) -> None:
 
 
 def _service(ref: weakref.ref[Window], hw: hypercall.HostWindow) -> None:
-    """The budget thread: each time the engine evicted for lack of budget,
-    grant more while free memory stays above the pagedaemon's target."""
-    while hw.wait():
+    """The window's thread: puts a stub page on the kernel's queues for each
+    page the engine made resident (and takes it off when the engine
+    evicted one by itself), marks refaulted pages referenced, and grants
+    budget each time the engine ran short while memory is free."""
+    while news := hw.wait():
         w = ref()
         if w is None:
             return
         k = w._k
-        with k.gate:
+        with k.lock:
             if w._hw is None:
                 return
-            w._budget += _grant(k, hw, min(GRANT_PAGES, w._npages - w._budget))
+            if news & hypercall.WAIT_EVENTS:
+                _drain(k, w, hw)
+            if news & hypercall.WAIT_PRESSURE:
+                _take(k, w, hw)
         del w
 
 
+def _take(k: Kernel, w: Window, hw: hypercall.HostWindow) -> None:
+    """Charge GRANT_PAGES more frames for the engine, reclaiming first if
+    memory is short — a direct reclaim by the kernel's policy over every
+    page queue, this window's stubs among them, whose eviction gives its
+    budget back.  Gives up (the engine evicts by itself meanwhile) if the
+    window closes or memory stays short for oom_timeout.  Lock held
+    (dropped while waiting)."""
+    want = min(GRANT_PAGES, w._npages - w._budget)
+    if want <= 0:
+        return
+    deadline = None
+    while not k.physmem.charge(want << PAGE_SHIFT):
+        try:
+            deadline = memwait(k, deadline, want)
+        except VMError:  # OutOfMemory, or the kernel closed
+            return
+        if w._hw is not hw:
+            return
+    w._budget += want
+    hw.grant(want)
+    if k.physmem.avail_pages() < k.pagedaemon.freemin:
+        k.pagedaemon.wake()
+
+
+def _drain(k: Kernel, w: Window, hw: hypercall.HostWindow) -> None:
+    """Bring the stubs up to date with the engine's page states (lock held)."""
+    stubs, queues, touch = w._stubs, k.queues, k.touch
+    for i, state, ref in hw.drain():
+        stub = stubs.get(i)
+        if state in (PRESENT, PARKED):
+            if stub is None:
+                stub = VMPage(w._obj, w._first + i, -1, hw.addr + (i << PAGE_SHIFT), cast(memoryview, None), 0)
+                stub.dirty = False  # the engine knows (write-protect faults); the queues need not
+                stubs[i] = stub
+                queues.enqueue(stub, ACTIVE)
+                ref = True
+            if ref:
+                stub.referenced = True
+                if touch is not None:
+                    touch(stub)
+        elif stub is not None:  # the engine evicted it by itself (at its budget)
+            del stubs[i]
+            queues.dequeue(stub)
+
+
 def _grant(k: Kernel, hw: hypercall.HostWindow, want: int) -> int:
-    """Charge and grant up to `want` more frames to an engine, as far as
+    """At creation: charge and grant up to `want` more frames, as far as
     free memory stays above the pagedaemon's target; returns how many.
     Lock held."""
     pd = k.pagedaemon
@@ -313,33 +374,71 @@ def _grant(k: Kernel, hw: hypercall.HostWindow, want: int) -> int:
     return n
 
 
-def _reclaimer(ref: weakref.ref[Window]) -> Any:
-    """The pagedaemon's hook: at a shortage, take back this window's share
-    of it (in proportion to its budget among resident memory).  Lock held;
-    dropped while the engine writes pages out."""
-    def reclaim() -> int:
-        w = ref()
-        if w is None or w._hw is None:
-            return 0
-        k = w._k
-        short = k.pagedaemon.shortage()
-        resident = max(1, k.physmem.resident >> PAGE_SHIFT)
-        want = min(w._budget - WINDOW_MIN_PAGES, -(-short * w._budget // resident))
-        if want <= 0:
-            return 0
+def trim(k: Kernel) -> int:
+    """The pagedaemon's reclaimer: give back every window's budget that no
+    resident page uses, beyond a grant's worth; returns the frames.  Lock
+    held."""
+    freed = 0
+    for w in k.windows:
+        if w._hw is not None:
+            given = w._hw.trim(GRANT_PAGES)
+            w._budget -= given
+            k.physmem.uncharge(given << PAGE_SHIFT)
+            freed += given
+    return freed
+
+
+def evict(k: Kernel, stubs: list[VMPage]) -> int:
+    """Evict window pages the pagedaemon chose (their stubs, already off
+    the queues), a batch per window, with the lock dropped while the
+    engines write; returns the frames given back.  Stubs of pages that did
+    not go (touched meanwhile, or pinned) go back to the active queue.
+    Lock held."""
+    batches: dict[int, tuple[Window, list[VMPage]]] = {}
+    for stub in stubs:
+        w = stub.obj.window if stub.obj is not None else None
+        if w is not None and w._hw is not None:
+            batches.setdefault(id(w), (w, []))[1].append(stub)
+    freed = 0
+    for w, batch in batches.values():
         hw = w._hw
-        w._shrinking += 1  # close_window waits for it before freeing the engine
+        assert hw is not None
+        w._busy += 1  # close_window waits for it before freeing the engine
         try:
             with k.unlocked():
-                got = hw.shrink(want)
+                given, done = hw.evict([stub.pindex - w._first for stub in batch])
         finally:
-            w._shrinking -= 1
+            w._busy -= 1
             k.mem_cv.notify_all()
-        w._budget -= got
-        k.physmem.uncharge(got << PAGE_SHIFT)
-        k.uvmexp.pdfreed += got
-        return got
-    return reclaim
+        w._budget -= given
+        k.physmem.uncharge(given << PAGE_SHIFT)
+        k.uvmexp.pdfreed += given
+        freed += given
+        for stub, went in zip(batch, done):
+            i = stub.pindex - w._first
+            if w._stubs.get(i) is not stub:  # the thread saw it go, or a new stub replaced it
+                continue
+            if went:
+                del w._stubs[i]
+            elif not stub.queue:
+                k.queues.enqueue(stub, ACTIVE)
+    return freed
+
+
+def park(k: Kernel) -> None:
+    """Park the window pages the pagedaemon deactivated since the last
+    call (`queues.deactivated`): a touch of one then refaults, which the
+    window's thread reports as a reference.  Lock held."""
+    batches: dict[int, tuple[Window, list[int]]] = {}
+    for stub in k.queues.deactivated:
+        w = stub.obj.window if stub.obj is not None else None
+        i = stub.pindex - w._first if w is not None else -1
+        if w is not None and w._hw is not None and stub.queue == INACTIVE and w._stubs.get(i) is stub:
+            batches.setdefault(id(w), (w, []))[1].append(i)
+    k.queues.deactivated.clear()
+    for w, pages in batches.values():
+        assert w._hw is not None
+        w._hw.park(pages)
 
 
 def window_range(obj: VMObject, pindex: int) -> Window | None:

@@ -390,3 +390,51 @@ def test_bad_input(k):
         other.check()
     assert k.stats()["windows"] == 0 and k.stats()["swpginuse"] == 0
     k.check()
+
+
+# -- the kernel's policy chooses window pages ---------------------------------------------
+
+
+def test_pagedaemon_evicts_window_pages_for_a_process(k):
+    """The window's resident pages are on the kernel's page queues: when a
+    process needs memory the window holds, the pagedaemon's policy evicts
+    window pages (their budget is given back), not the engine's clock."""
+    with k.window(WIN) as w:
+        a = u64(w)
+        a[:] = np.arange(len(a), dtype=np.uint64)
+        before = w.stats()
+        assert before["budget"] > LIMIT // PAGE // 2  # the window holds most of memory
+        p = k.spawn()
+        n = LIMIT // PAGE // 2
+        va = p.mmap(n * PAGE)
+        p.write(va, page_pattern(range(n), 3))  # needs frames the window holds
+        after = w.stats()
+        assert after["budget"] < before["budget"]
+        assert after["evictions"] - before["evictions"] >= after["selfevictions"] - before["selfevictions"] + 1
+        assert p.read(va, n * PAGE) == page_pattern(range(n), 3)
+        assert np.array_equal(a, np.arange(len(a), dtype=np.uint64))
+        assert_bounded(k, w)
+        k.check()
+
+
+def test_deactivated_window_page_reports_its_next_touch(k):
+    """A window page the pagedaemon deactivates is parked by its engine; the
+    next touch refaults it, which is reported as a reference."""
+    from rumpvm import window
+
+    with k.window(64 * PAGE) as w:
+        w[0] = 7  # page 0 resident: a stub on the active queue
+        with k.lock:
+            window._drain(k, w, w._hw)  # what the window's thread does on its own
+            stub = w._stubs[0]
+            assert stub.queue == rumpvm.page.ACTIVE and stub.referenced
+            stub.referenced = False
+            k.queues.deactivate_first(stub)  # as the pagedaemon does
+            window.park(k)
+        s0 = w.stats()
+        assert w[0] == 7  # a refault: the engine moves the page back
+        assert w.stats()["refaults"] == s0["refaults"] + 1
+        with k.lock:
+            window._drain(k, w, w._hw)
+            assert w._stubs[0] is stub and stub.referenced
+        k.check()
