@@ -130,7 +130,10 @@ def entry_record(e: VMMapEntry) -> MapEntry:
 
 
 def object_record(o: VMObject) -> ObjectInfo:
-    return ObjectInfo(o.id, o.type, o.size << PAGE_SHIFT, o.ref_count, len(o.pages), len(o.swap),
+    """An object's record; a host window's resident pages (its stubs) count
+    as the object's."""
+    resident = len(o.pages) + (len(o.window._stubs) if o.window is not None else 0)
+    return ObjectInfo(o.id, o.type, o.size << PAGE_SHIFT, o.ref_count, resident, len(o.swap),
                       o.backing.id if o.backing is not None else None, o.backing_offset << PAGE_SHIFT,
                       len(o.shadows))
 

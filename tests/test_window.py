@@ -438,3 +438,29 @@ def test_deactivated_window_page_reports_its_next_touch(k):
             window._drain(k, w, w._hw)
             assert w._stubs[0] is stub and stub.referenced
         k.check()
+
+
+# -- /vm ----------------------------------------------------------------------------------
+
+
+def test_vm_shows_the_window(k, tmp_path):
+    """Through a real FUSE mount: the window is a MAP_SHARED mapping of the
+    process `host`, its object is under objects/ with the window's resident
+    pages, and objects/<id>/data (read by dd) is the window's bytes."""
+    from fusemount import mounted, run
+
+    with k.window(64 * PAGE) as w:
+        w[0:PAGE * 3] = page_pattern(range(3), 9)
+        (host,) = [p for p in k.procs() if p.name == "host"]
+        addr = w._host_addr
+        with mounted(k, tmp_path / "vm") as vm:
+            maps = run("cat", vm / "proc" / str(host.pid) / "maps").stdout
+            line = next(ln for ln in maps.splitlines()
+                        if [int(x, 16) for x in ln.split()[0].split("-")] == [addr, addr + 64 * PAGE])
+            assert line.split()[1] == "rw-s", line
+            info = run("cat", vm / "objects" / str(w.obj.id) / "info").stdout
+            assert "resident" in info
+            data = run("dd", f"if={vm / 'objects' / str(w.obj.id) / 'data'}", "bs=4096", "count=3",
+                       "status=none", text=False).stdout
+            assert data == page_pattern(range(3), 9)
+        k.check()
