@@ -398,7 +398,7 @@ def _inject_read(fd: int, offset: int, length: int) -> None:
 # -- host windows (uffd.c: the fault engine thread) -----------------------------------
 
 WINDOW_STATS = ("resident", "budget", "zerofills", "swapins", "refaults", "wpfaults",
-                "evictions", "writes", "selfevictions", "errors")
+                "evictions", "writes", "selfevictions", "errors", "pending", "movefails", "lasterr")
 WINDOW_STATES = ("absent", "present", "parked", "swapped")  # uffd.c's page states
 WAIT_EVENTS, WAIT_PRESSURE = 1, 2  # HostWindow.wait() bits
 

@@ -59,6 +59,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "uffd.h"
@@ -92,16 +93,20 @@ struct uffdio_poison {
 
 uint64_t rv_checksum(uintptr_t addr, size_t len);
 
+#define AHEAD_MIN 3   /* pages brought in after the faulting one, first time */
+#define AHEAD_MAX 31  /* ... at most, while faults stay sequential */
+
 enum { ABSENT, PRESENT, PARKED, SWAPPED };
 enum {  /* rv_win_stats slots (mirrored in hypercall.WINDOW_STATS) */
     S_RESIDENT, S_BUDGET, S_ZEROFILLS, S_SWAPINS, S_REFAULTS, S_WPFAULTS,
-    S_EVICTIONS, S_WRITES, S_SELFEVICTIONS, S_ERRORS, S_NSTATS
+    S_EVICTIONS, S_WRITES, S_SELFEVICTIONS, S_ERRORS, S_PENDING, S_MOVEFAILS, S_LASTERR, S_NSTATS
 };
 
 typedef struct rv_win {
     int uffd, stopfd, evfd, swapfd;
     size_t npages, pgsz;
-    char *base, *park, *bounce;
+    char *base, *park, *bounce, *zeros;  /* bounce and zeros: AHEAD_MAX + 1 pages */
+    size_t last, ahead;             /* the last missing fault's page; the fault-around run */
     const int64_t *slots;           /* the window's swap slots, one per page */
     uint8_t *st, *dirty, *valid;
     uint64_t *sums;
@@ -173,15 +178,34 @@ static int move(rv_win *w, char *dst, char *src)
 {
     struct uffdio_move m = {.dst = (uintptr_t)dst, .src = (uintptr_t)src, .len = w->pgsz,
                             .mode = UFFDIO_MOVE_MODE_DONTWAKE};
-    return ioctl(w->uffd, UFFDIO_MOVE, &m) < 0 || m.move != (__s64)w->pgsz ? -1 : 0;
+    if (ioctl(w->uffd, UFFDIO_MOVE, &m) < 0 || m.move != (__s64)w->pgsz) {
+        w->stats[S_MOVEFAILS]++;
+        w->stats[S_LASTERR] = errno;
+        return -1;
+    }
+    return 0;
 }
 
-/* Write a parked page's contents to its slot if they are not there. */
+static int all_zero(const char *p, size_t len)
+{
+    const uint64_t *q = (const uint64_t *)p;
+    for (size_t k = 0; k < len / 8; k++)
+        if (q[k])
+            return 0;
+    return 1;
+}
+
+/* Write a parked page's contents to its slot if they are not there (a
+ * page that never reached swap and holds only zeros needs no copy). */
 static int clean(rv_win *w, size_t i)
 {
     if (!w->dirty[i] && (w->valid[i] || w->st[i] != PARKED))
         return 0;
     char *p = w->park + i * w->pgsz;
+    if (!w->valid[i] && all_zero(p, w->pgsz)) {
+        w->dirty[i] = 0;
+        return 0;
+    }
     if (pwrite(w->swapfd, p, w->pgsz, (off_t)w->slots[i] * (off_t)w->pgsz) != (ssize_t)w->pgsz) {
         w->stats[S_ERRORS]++;
         return -1;
@@ -206,14 +230,18 @@ static void signal_python(rv_win *w)
 }
 
 /* Tell Python page i became resident or left (each page at most once in
- * the queue: the queue never overflows). */
+ * the queue: the queue never overflows).  Python is woken once EV_BATCH
+ * pages are queued (a wake-up per fault would cost the faulting thread a
+ * CPU); a request for budget, rv_win_wait or rv_win_drain flush sooner. */
+#define EV_BATCH 64
 static void note(rv_win *w, size_t i)
 {
     if (!w->pend[i]) {
         w->pend[i] = 1;
         w->evq[(w->evhead + w->evlen++) % w->npages] = (uint32_t)i;
     }
-    signal_python(w);
+    if (w->evlen >= EV_BATCH)
+        signal_python(w);
 }
 
 /* Move a present page to the parking area (still resident). */
@@ -262,8 +290,18 @@ static int clock_evict(rv_win *w)
 static void serve_missing(rv_win *w, size_t i, int wr)
 {
     char *dst = w->base + i * w->pgsz;
-    if (w->st[i] == PRESENT) {  /* another thread's fault on it was served first */
-        wake(w, i);
+    if (w->st[i] == PRESENT) {
+        /* Another thread's fault on it was served first (EEXIST: just
+         * wake), or the host discarded the page (MADV_DONTNEED): like
+         * Linux, the next touch sees zeros, and no older copy is valid. */
+        struct uffdio_copy z = {.dst = (uintptr_t)dst, .src = (uintptr_t)w->zeros, .len = w->pgsz,
+                                .mode = wr ? 0 : UFFDIO_COPY_MODE_WP};
+        if (ioctl(w->uffd, UFFDIO_COPY, &z) == 0) {
+            w->dirty[i] = (uint8_t)wr;
+            w->valid[i] = 0;
+        } else {
+            wake(w, i);
+        }
         return;
     }
     if (w->st[i] == PARKED) {
@@ -293,37 +331,82 @@ static void serve_missing(rv_win *w, size_t i, int wr)
         w->pressure = 1;  /* ask Python for more budget */
         signal_python(w);
     }
-    int poison = 0;
-    if (w->st[i] == SWAPPED) {
-        ssize_t got = pread(w->swapfd, w->bounce, w->pgsz, (off_t)w->slots[i] * (off_t)w->pgsz);
-        poison = got != (ssize_t)w->pgsz || rv_checksum((uintptr_t)w->bounce, w->pgsz) != w->sums[i];
-        w->stats[S_SWAPINS]++;
+    /* Fault-around while the faults are sequential: the next absent pages
+     * (or swapped pages in the following slots) come in with this one,
+     * within the spare budget; the window doubles up to AHEAD_MAX. */
+    w->ahead = w->last + 1 == i ? (w->ahead ? 2 * w->ahead + 1 : AHEAD_MIN) : 0;
+    if (w->ahead > AHEAD_MAX)
+        w->ahead = AHEAD_MAX;
+    w->last = i;
+    int swapped = w->st[i] == SWAPPED;
+    size_t n = 1, room = (size_t)(w->stats[S_BUDGET] - w->stats[S_RESIDENT]);
+    while (n <= w->ahead && n < room && i + n < w->npages && w->st[i + n] == w->st[i]
+           && (!swapped || w->slots[i + n] == w->slots[i] + (int64_t)n))
+        n++;
+    const char *src = w->zeros;
+    if (swapped) {
+        ssize_t got = pread(w->swapfd, w->bounce, n * w->pgsz, (off_t)w->slots[i] * (off_t)w->pgsz);
+        size_t good = 0;
+        while (got > 0 && good < n && (good + 1) * w->pgsz <= (size_t)got
+               && rv_checksum((uintptr_t)(w->bounce + good * w->pgsz), w->pgsz) == w->sums[i + good])
+            good++;
+        if (good == 0) {  /* never wrong data: the toucher gets SIGBUS */
+            struct uffdio_poison p = {.range = {.start = (uintptr_t)dst, .len = w->pgsz}};
+            ioctl(w->uffd, UFFDIO_POISON, &p);
+            w->stats[S_ERRORS]++;
+            return;
+        }
+        n = good;  /* a bad page further on stays on swap, to fail when touched */
+        src = w->bounce;
+        w->stats[S_SWAPINS] += (int64_t)n;
     } else {
-        memset(w->bounce, 0, w->pgsz);
-        w->stats[S_ZEROFILLS]++;
+        w->stats[S_ZEROFILLS] += (int64_t)n;
     }
-    if (poison) {  /* never wrong data: the toucher gets SIGBUS */
-        struct uffdio_poison p = {.range = {.start = (uintptr_t)dst, .len = w->pgsz}};
-        ioctl(w->uffd, UFFDIO_POISON, &p);
-        w->stats[S_ERRORS]++;
-        return;
-    }
-    struct uffdio_copy c = {.dst = (uintptr_t)dst, .src = (uintptr_t)w->bounce, .len = w->pgsz,
+    /* The faulting page as the access needs it.  The rest: pages from swap
+     * clean (write-protected); zero pages as the faulting one, since a
+     * loop writing fresh memory would otherwise take a write-protect
+     * fault on each — marked dirty, but a page still all zeros at
+     * eviction is dropped without a write. */
+    struct uffdio_copy c = {.dst = (uintptr_t)dst, .src = (uintptr_t)src, .len = w->pgsz,
                             .mode = wr ? 0 : UFFDIO_COPY_MODE_WP};
     if (ioctl(w->uffd, UFFDIO_COPY, &c) < 0 && errno != EEXIST) {
         w->stats[S_ERRORS]++;
         wake(w, i);
         return;
     }
-    w->st[i] = PRESENT;
-    w->dirty[i] = (uint8_t)wr;
-    w->stats[S_RESIDENT]++;
-    note(w, i);
+    int rest_wr = wr && !swapped;
+    size_t got = 1;
+    if (n > 1) {
+        struct uffdio_copy r = {.dst = (uintptr_t)(dst + w->pgsz), .src = (uintptr_t)(src + w->pgsz),
+                                .len = (n - 1) * w->pgsz,
+                                .mode = UFFDIO_COPY_MODE_DONTWAKE | (rest_wr ? 0 : UFFDIO_COPY_MODE_WP)};
+        ioctl(w->uffd, UFFDIO_COPY, &r);
+        got += r.copy > 0 ? (size_t)r.copy / w->pgsz : 0;  /* a page mapped meanwhile stops the run */
+    }
+    for (size_t k = 0; k < got; k++) {
+        w->st[i + k] = PRESENT;
+        w->dirty[i + k] = (uint8_t)(k == 0 ? wr : rest_wr);
+        w->stats[S_RESIDENT]++;
+        note(w, i + k);
+    }
     if (!w->asked && w->stats[S_BUDGET] - w->stats[S_RESIDENT] <= w->lowwater) {
         w->asked = w->pressure = 1;  /* ahead of need: Python frees by the kernel's policy */
         signal_python(w);
     }
 }
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Faults come in runs (a loop over fresh pages): after serving one the
+ * engine keeps reading for SPIN_NS before it sleeps in poll.  Waking a
+ * sleeping thread costs tens of microseconds on a VM whose idle vCPU
+ * halts — more than the fault itself. */
+#define SPIN_NS 50000
 
 static void *engine(void *arg)
 {
@@ -338,7 +421,14 @@ static void *engine(void *arg)
         if (pf[1].revents)
             break;
         struct uffd_msg msg;
-        while (read(w->uffd, &msg, sizeof msg) == sizeof msg) {
+        int64_t until = now_ns() + SPIN_NS;
+        for (;;) {
+            if (read(w->uffd, &msg, sizeof msg) != sizeof msg) {
+                if (now_ns() < until)
+                    continue;
+                break;
+            }
+            until = now_ns() + SPIN_NS;
             if (msg.event != UFFD_EVENT_PAGEFAULT)
                 continue;
             uintptr_t a = msg.arg.pagefault.address & ~(uintptr_t)(w->pgsz - 1);
@@ -396,7 +486,9 @@ rv_win *rv_win_create(int uffd, char *base, size_t npages, size_t pgsz, int swap
     size_t len = npages * pgsz;
     w->base = base;  /* the caller's mapping (MADV_DONTFORK, no huge pages) */
     w->park = region(len);
-    w->bounce = aligned_alloc(pgsz, pgsz);
+    w->bounce = aligned_alloc(pgsz, (AHEAD_MAX + 1) * pgsz);
+    w->zeros = calloc(AHEAD_MAX + 1, pgsz);
+    w->last = (size_t)-2;
     w->st = calloc(npages, 1);
     w->dirty = calloc(npages, 1);
     w->valid = calloc(npages, 1);
@@ -406,7 +498,7 @@ rv_win *rv_win_create(int uffd, char *base, size_t npages, size_t pgsz, int swap
     w->evq = calloc(npages, sizeof *w->evq);
     w->stopfd = eventfd(0, EFD_CLOEXEC);
     w->evfd = eventfd(0, EFD_CLOEXEC);
-    if (!w->park || !w->bounce || !w->st || !w->dirty || !w->valid || !w->sums || !w->pend || !w->refd || !w->evq
+    if (!w->park || !w->bounce || !w->zeros || !w->st || !w->dirty || !w->valid || !w->sums || !w->pend || !w->refd || !w->evq
         || w->stopfd < 0 || w->evfd < 0) {
         *err = ENOMEM;
         goto fail;
@@ -440,6 +532,10 @@ void rv_win_close(rv_win *w)
     mmap(w->base, w->npages * w->pgsz, PROT_READ | PROT_WRITE,
          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
     madvise(w->base, w->npages * w->pgsz, MADV_DONTFORK);
+    /* Faults queued before the engine stopped wait until woken: closing
+     * the userfaultfd wakes them, and they retry on plain memory. */
+    close(w->uffd);
+    w->uffd = -1;
     pthread_mutex_lock(&w->mu);
     w->closing = 1;
     w->stats[S_RESIDENT] = 0;
@@ -453,12 +549,14 @@ static void teardown(rv_win *w)
 {
     if (w->park)
         munmap(w->park, w->npages * w->pgsz);
-    close(w->uffd);
+    if (w->uffd >= 0)
+        close(w->uffd);
     if (w->stopfd > 0)
         close(w->stopfd);
     if (w->evfd > 0)
         close(w->evfd);
     free(w->bounce);
+    free(w->zeros);
     free(w->st);
     free(w->dirty);
     free(w->valid);
@@ -485,7 +583,7 @@ int rv_win_wait(rv_win *w)
             pthread_mutex_unlock(&w->mu);
             return 0;
         }
-        if (w->evlen || w->pressure) {
+        if (w->evlen >= EV_BATCH || w->pressure) {
             int r = (w->evlen ? 1 : 0) | (w->pressure ? 2 : 0);
             w->pressure = 0;
             pthread_mutex_unlock(&w->mu);
@@ -581,6 +679,7 @@ void rv_win_grant(rv_win *w, int64_t n)
 void rv_win_stats(rv_win *w, int64_t *out)
 {
     pthread_mutex_lock(&w->mu);
+    w->stats[S_PENDING] = (int64_t)w->evlen;
     memcpy(out, w->stats, sizeof w->stats);
     pthread_mutex_unlock(&w->mu);
 }

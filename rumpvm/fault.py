@@ -287,7 +287,10 @@ def fault_ahead(k: Kernel, vmap: VMMap, va: int, count: int, write: bool) -> Non
     if write and not writable:
         return
     # Zero-fill only above the daemon's wake-up point: that one is left to faults.
-    budget = min(k.physmem.avail_pages() - k.pagedaemon.freemin - 1, count) if write and top.backing is None else 0
+    # Never into an object holding a host window: its window pages are not
+    # rumpvm pages (a fault on one raises WindowPage).
+    zero_ok = write and top.backing is None and top.window is None
+    budget = min(k.physmem.avail_pages() - k.pagedaemon.freemin - 1, count) if zero_ok else 0
     vpn = va >> PAGE_SHIFT
     pindex = e.pindex(va)
     for v in range(vpn + 1, min(vpn + 1 + count, e.end >> PAGE_SHIFT)):

@@ -60,7 +60,7 @@ import hypercall
 from .constants import MAP_SHARED, PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE
 from .errors import VMError
 from .page import ACTIVE, INACTIVE, VMPage
-from .physmem import memwait
+from .physmem import memwait, pageable_again
 
 PRESENT, PARKED = hypercall.WINDOW_STATES.index("present"), hypercall.WINDOW_STATES.index("parked")
 
@@ -115,13 +115,18 @@ class Window(mmap.mmap):
 
     def close(self) -> None:
         """Stop serving faults, give back the window's slots and budget; the
-        mapping goes when no view of it is left.  A second close is a
-        no-op.  Takes the kernel lock."""
-        close_window(self._k, self)
+        mapping goes when no view of it is left.  A second close (or one
+        after the kernel's) is a no-op.  Takes the kernel lock."""
+        if self._hw is not None:
+            close_window(self._k, self)
         try:
             super().close()
         except BufferError:  # views still exported: unmapped when they and the window are gone
             pass
+
+    def resize(self, newsize: int) -> None:
+        """A window's size is fixed: its engine serves exactly its pages."""
+        raise VMError(errno.EINVAL, "a host window cannot be resized")
 
     def __enter__(self) -> Window:
         return self
@@ -137,8 +142,11 @@ class Window(mmap.mmap):
 
 def _new_window(npages: int) -> Window:
     """An anonymous private host mapping that no fork copies."""
-    w = Window(-1, npages << PAGE_SHIFT, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
-               prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    try:
+        w = Window(-1, npages << PAGE_SHIFT, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                   prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    except OSError as e:
+        raise VMError(e.errno or errno.ENOMEM, f"no host address space for a {npages}-page window") from None
     w.madvise(mmap.MADV_DONTFORK)
     w.madvise(mmap.MADV_NOHUGEPAGE)  # the engine moves base pages
     w._hw = None
@@ -174,6 +182,7 @@ def open_window(k: Kernel, length: int, obj: VMObject | None, offset: int) -> Wi
         with k.gate:
             k.check_open()
             _check_object(k, obj, first, npages)
+            _check_room(k, npages)  # before asking the host for the address space
             w = _new_window(npages)
             hw, slots, budget = _start_engine(k, _address(w), npages)
             w._k, w._hw, w._obj, w._first, w._npages = k, hw, obj, first, npages
@@ -215,9 +224,10 @@ def _check_object(k: Kernel, obj: VMObject, first: int, npages: int) -> None:
                                    f"{min(busy)}); a window takes an untouched range")
 
 
-def _start_engine(k: Kernel, addr: int, npages: int) -> tuple[hypercall.HostWindow, list[int], int]:
-    """Charge the minimum budget, reserve one swap slot a page, start the
-    engine; everything undone on failure (lock held; may wait for memory)."""
+def _check_room(k: Kernel, npages: int) -> int:
+    """The window's minimum budget, after checking that the swap has a slot
+    for each page and the limit room for that budget: ENOMEM otherwise
+    (lock held)."""
     swap = k.swap
     # No swap: nothing to page to; no limit: nothing to hold back.  Either
     # way every page is charged now.
@@ -227,6 +237,14 @@ def _start_engine(k: Kernel, addr: int, npages: int) -> tuple[hypercall.HostWind
                                     "slots free (each window page has its own)")
     if k.physmem.limit is not None and budget << PAGE_SHIFT > k.physmem.limit:
         raise VMError(errno.ENOMEM, f"window of {npages} pages without swap: larger than the memory limit")
+    return budget
+
+
+def _start_engine(k: Kernel, addr: int, npages: int) -> tuple[hypercall.HostWindow, list[int], int]:
+    """Charge the minimum budget, reserve one swap slot a page, start the
+    engine; everything undone on failure (lock held; may wait for memory)."""
+    swap = k.swap
+    budget = _check_room(k, npages)
     deadline = None
     while not k.physmem.charge(budget << PAGE_SHIFT):
         deadline = memwait(k, deadline, budget)
@@ -344,6 +362,7 @@ def _take(k: Kernel, w: Window, hw: hypercall.HostWindow) -> None:
 def _drain(k: Kernel, w: Window, hw: hypercall.HostWindow) -> None:
     """Bring the stubs up to date with the engine's page states (lock held)."""
     stubs, queues, touch = w._stubs, k.queues, k.touch
+    new = 0
     for i, state, ref in hw.drain():
         stub = stubs.get(i)
         if state in (PRESENT, PARKED):
@@ -352,6 +371,7 @@ def _drain(k: Kernel, w: Window, hw: hypercall.HostWindow) -> None:
                 stub.dirty = False  # the engine knows (write-protect faults); the queues need not
                 stubs[i] = stub
                 queues.enqueue(stub, ACTIVE)
+                new += 1
                 ref = True
             if ref:
                 stub.referenced = True
@@ -360,6 +380,8 @@ def _drain(k: Kernel, w: Window, hw: hypercall.HostWindow) -> None:
         elif stub is not None:  # the engine evicted it by itself (at its budget)
             del stubs[i]
             queues.dequeue(stub)
+    if new:
+        pageable_again(k)  # a scan that found nothing to evict may now
 
 
 def _grant(k: Kernel, hw: hypercall.HostWindow, want: int) -> int:
