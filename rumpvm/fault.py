@@ -382,7 +382,8 @@ def pagein(k: Kernel, obj: VMObject, pindex: int, slot: int, advice: int = MADV_
 
 
 def wire_range(k: Kernel, vmap: VMMap, start: int, end: int, resv: Reservation | None = None,
-               nowait: bool = False) -> None:
-    """Fault in and wire every page of [start, end) (vm_fault_wire)."""
+               nowait: bool = False, access: int = PROT_READ) -> None:
+    """Fault in and wire every page of [start, end) for `access`
+    (vm_fault_wire: mlock reads, vslock faults as its caller will use it)."""
     for va in range(start, end, 1 << PAGE_SHIFT):
-        vm_fault(k, vmap, va, PROT_READ, wire=True, nowait=nowait, resv=resv)
+        vm_fault(k, vmap, va, access, wire=True, nowait=nowait, resv=resv)

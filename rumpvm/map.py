@@ -474,10 +474,12 @@ class VMMap:
                 if page is not None or slot is not None:
                     vm_fault(self.kernel, self, va, PROT_READ)
 
-    def wire(self, start: int, end: int, resv: Reservation | None = None, nowait: bool = False) -> None:
+    def wire(self, start: int, end: int, resv: Reservation | None = None, nowait: bool = False,
+             access: int = PROT_READ) -> None:
         """vm_map_wire: wire every entry of the mapped range and fault its
-        pages in (taking frames from `resv`).  On failure everything this
-        call wired is unwired again and the entries merged back."""
+        pages in for `access` (taking frames from `resv`).  On failure
+        everything this call wired is unwired again and the entries merged
+        back."""
         from .fault import wire_range
         k = self.kernel
         done: list[tuple[int, int]] = []
@@ -489,7 +491,7 @@ class VMMap:
                 if self.user:
                     k.wired_user_pages += e.npages
                 done.append((e.start, e.end))
-                wire_range(k, self, e.start, e.end, resv, nowait)
+                wire_range(k, self, e.start, e.end, resv, nowait, access)
         except BaseException:
             for s, t in done:
                 self.unwire(s, t)

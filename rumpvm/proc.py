@@ -653,10 +653,11 @@ class Proc:
         k = self.kernel
         with k.gate:
             vmap = self._live()
-            check_access(vmap, start, end - start, pr if pr & PROT_WRITE else PROT_READ)
+            access = pr if pr & PROT_WRITE else PROT_READ
+            check_access(vmap, start, end - start, access)
             with reserve(k, 0) as resv:
                 vmap = self._reserve_wiring(resv, start, end, limits=False)
-                vmap.wire(start, end, resv)
+                vmap.wire(start, end, resv, access=access)
 
     def vsunlock(self, addr: int, length: int) -> None:
         """uvm_vsunlock: unwire what vslock wired."""

@@ -1130,6 +1130,25 @@ def test_vslock_errors_change_nothing(kernel):
     k.check()
 
 
+def test_vslock_for_write_of_a_write_only_mapping(kernel):
+    """uvm_vslock faults the range for the access asked: a write-only
+    mapping can be locked for writing (it used to fault it for reading,
+    fail, and leave the entry split with a new object)."""
+    k = kernel
+    p = k.spawn()
+    a = p.mmap(2 * PAGE_SIZE, prot=PROT_WRITE)
+    p.vslock(a, PAGE_SIZE, PROT_WRITE)
+    assert p.status().vm_lck == PAGE_SIZE
+    p.write(a, b"locked")
+    p.vsunlock(a, PAGE_SIZE)
+    assert p.status().vm_lck == 0
+    before = p.maps()
+    with pytest.raises(SegmentationFault):
+        p.vslock(a, PAGE_SIZE, PROT_READ)  # not readable: refused, nothing changed
+    assert p.maps() == before
+    k.check()
+
+
 # -- bad input ------------------------------------------------------------------------------
 
 def _ops(p, a):
