@@ -7,6 +7,8 @@ page helpers (zero, copy, copy out of / into page runs, checksum) the profile as
 uffd.c is the host-window fault engine (userfaultfd, its own thread).
 """
 
+import os
+
 from cffi import FFI
 
 ffibuilder = FFI()
@@ -35,23 +37,12 @@ ffibuilder.cdef(
     int64_t rv_pread_pages(int fd, const uintptr_t *pages, int n, size_t pgsz, int64_t off, uint64_t *sums);
     int64_t rv_pread(int fd, char *buf, size_t len, int64_t off);
 
-    typedef struct rv_win rv_win;
-    int rv_uffd_open(int *why);
-    rv_win *rv_win_create(int uffd, char *base, size_t npages, size_t pgsz, int swapfd, const int64_t *slots,
-                          int64_t budget, int *err);
-    void rv_win_close(rv_win *w);
-    void rv_win_destroy(rv_win *w);
-    void rv_win_grant(rv_win *w, int64_t n);
-    int64_t rv_win_evict(rv_win *w, const uint32_t *idx, uint8_t *done, int64_t n, int64_t *evicted);
-    void rv_win_park(rv_win *w, const uint32_t *idx, int64_t n);
-    int64_t rv_win_trim(rv_win *w, int64_t spare);
-    int64_t rv_win_drain(rv_win *w, uint32_t *idx, uint8_t *state, uint8_t *ref, int64_t max);
-    int rv_win_wait(rv_win *w);
-    void rv_win_stats(rv_win *w, int64_t *out);
-    void rv_win_states(rv_win *w, uint8_t *out);
-    int rv_win_peek(rv_win *w, size_t off, char *dst, size_t len);
     """
 )
+
+# The window engine's interface, from its header (cdef takes no directives).
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "uffd.h")) as _h:
+    ffibuilder.cdef("".join(line for line in _h if not line.startswith("#")))
 
 ffibuilder.set_source(
     "hypercall._hyper",

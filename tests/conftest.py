@@ -36,3 +36,10 @@ def kernel(request):
 def small_kernel(request):
     """A kernel with a 16M memory limit and 64M of swap, to force paging."""
     yield from _boot(request, memlimit="16M", swap="64M")
+
+
+@pytest.fixture
+def window_kernel(request):
+    """A kernel with an 8M limit and 64M of swap: host-window tests use
+    windows of 4x the limit."""
+    yield from _boot(request, memlimit="8M", swap="64M")

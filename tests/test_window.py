@@ -27,12 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
-def k(request):
-    with rumpvm.Kernel(memlimit="8M", swap="64M") as kern:
-        yield kern
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.passed:
-            kern.check()
+def k(window_kernel):
+    return window_kernel
 
 
 def u64(w) -> np.ndarray:

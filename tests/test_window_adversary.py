@@ -17,6 +17,7 @@ import threading
 
 import numpy as np
 import pytest
+from test_window import assert_err, u64
 
 import rumpvm
 
@@ -27,20 +28,9 @@ JOIN = 30  # seconds: a thread not done by then is a hang
 
 
 @pytest.fixture
-def k(request):
-    with rumpvm.Kernel(memlimit="8M", swap="64M") as kern:
-        yield kern
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.passed:
-            kern.check()
+def k(window_kernel):
+    return window_kernel
 
-
-def u64(w) -> np.ndarray:
-    return np.frombuffer(w, dtype=np.uint64)
-
-
-def assert_err(e: pytest.ExceptionInfo, code: int) -> None:
-    assert e.value.errno == code, (e.value.errno, str(e.value))
 
 
 def run_threads(targets, timeout: float = JOIN) -> list[BaseException]:
