@@ -334,6 +334,7 @@ class Pagedaemon:
                 continue
             if page.frame < 0:  # a host window's page: its engine evicts it (window.evict)
                 k.queues.dequeue(page)
+                window.hold(page)
                 stubs.append(page)
                 short -= 1
                 if short <= 0:

@@ -91,7 +91,7 @@ class Window(mmap.mmap):
     _thread: threading.Thread
     _slots: list[int]
     _budget: int  # frames charged for the engine (its budget)
-    _busy: int  # evictions running with the lock dropped
+    _busy: int  # stubs the pagedaemon holds for eviction (`hold`)
     _stubs: dict[int, VMPage]  # a stub on the page queues per resident page (by window index)
 
     def _live(self) -> hypercall.HostWindow:
@@ -410,40 +410,46 @@ def trim(k: Kernel) -> int:
     return freed
 
 
+def hold(stub: VMPage) -> None:
+    """The pagedaemon took `stub` off its queue to evict it: the window
+    counts it as in flight (check() and close_window know it is not lost)
+    until `evict` is done with it.  Lock held."""
+    stub.obj.window._busy += 1  # type: ignore[union-attr]
+
+
 def evict(k: Kernel, stubs: list[VMPage]) -> int:
-    """Evict window pages the pagedaemon chose (their stubs, already off
-    the queues), a batch per window, with the lock dropped while the
-    engines write; returns the frames given back.  Stubs of pages that did
-    not go (touched meanwhile, or pinned) go back to the active queue.
+    """Evict window pages the pagedaemon chose (their stubs, taken off the
+    queues with `hold`), a batch per window, with the lock dropped while
+    the engines write; returns the frames given back.  Stubs of pages that
+    did not go (touched meanwhile, or pinned) go back to the active queue.
     Lock held."""
     batches: dict[int, tuple[Window, list[VMPage]]] = {}
     for stub in stubs:
-        w = stub.obj.window if stub.obj is not None else None
-        if w is not None and w._hw is not None:
-            batches.setdefault(id(w), (w, []))[1].append(stub)
+        w = stub.obj.window  # type: ignore[union-attr]
+        batches.setdefault(id(w), (w, []))[1].append(stub)
     freed = 0
     for w, batch in batches.values():
-        hw = w._hw
-        assert hw is not None
-        w._busy += 1  # close_window waits for it before freeing the engine
         try:
+            hw = w._hw
+            if hw is None:  # closed meanwhile: its stubs are gone with it
+                continue
             with k.unlocked():
                 given, done = hw.evict([stub.pindex - w._first for stub in batch])
+            w._budget -= given
+            k.physmem.uncharge(given << PAGE_SHIFT)
+            k.uvmexp.pdfreed += given
+            freed += given
+            for stub, went in zip(batch, done):
+                i = stub.pindex - w._first
+                if w._stubs.get(i) is not stub:  # the thread saw it go, or a new stub replaced it
+                    continue
+                if went:
+                    del w._stubs[i]
+                elif not stub.queue:
+                    k.queues.enqueue(stub, ACTIVE)
         finally:
-            w._busy -= 1
+            w._busy -= len(batch)  # close_window waits for none in flight
             k.mem_cv.notify_all()
-        w._budget -= given
-        k.physmem.uncharge(given << PAGE_SHIFT)
-        k.uvmexp.pdfreed += given
-        freed += given
-        for stub, went in zip(batch, done):
-            i = stub.pindex - w._first
-            if w._stubs.get(i) is not stub:  # the thread saw it go, or a new stub replaced it
-                continue
-            if went:
-                del w._stubs[i]
-            elif not stub.queue:
-                k.queues.enqueue(stub, ACTIVE)
     return freed
 
 
