@@ -558,7 +558,9 @@ def test_check_passes_while_paging():
     """k.check() must hold at any instant, also while a pageout is in flight
     (the daemon drops the lock during the swap write): the checker runs
     until it has checked the kernel during 20 different pageouts."""
-    with rumpvm.Kernel(memlimit="2M", swap="32M", policy="random") as k:
+    # The checker holds the lock most of the time (Python's lock is not
+    # fair): the workers' memory waits must not time out meanwhile.
+    with rumpvm.Kernel(memlimit="2M", swap="32M", policy="random", oom_timeout=120) as k:
         stop = threading.Event()
         failures: list[str] = []
         inflight_checks: set[frozenset[int]] = set()
