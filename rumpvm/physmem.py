@@ -158,10 +158,11 @@ def page_alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None =
     from `resv` if it has one; None when memory is short (the caller
     waits with memwait and retries).  Lock held."""
     pm = k.physmem
+    limited = pm._limit is not None
     if resv is not None and resv.frames:
         frame: int | None = resv.frames.pop()
     else:  # only a limit makes the caller matter (the reserve is the daemon's)
-        frame = pm.alloc_frame(pm.limit is not None and in_pagedaemon(k))
+        frame = pm.alloc_frame(limited and in_pagedaemon(k))
     if frame is None:
         return None
     arena = pm.arenas[frame >> ARENA_SHIFT]
@@ -169,7 +170,7 @@ def page_alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None =
     page = VMPage(obj, pindex, frame, arena.addr + off, arena.buf, off)
     obj.pages[pindex] = page
     k.queues.enqueue(page, ACTIVE)
-    if pm.limit is not None and pm.avail_pages() < k.pagedaemon.freemin and not k.pagedaemon.ctl.wanted:
+    if limited and pm.avail_pages() < k.pagedaemon.freemin and not k.pagedaemon.ctl.wanted:
         k.pagedaemon.wake()
     return page
 

@@ -465,19 +465,24 @@ class Proc:
         (SegmentationFault).  OutOfMemory part-way carries `.written`."""
         if type(addr) is int and type(data) is bytes and addr >= 0 and 0 < len(data) <= PAGE_SIZE - (addr & PAGE_MASK):
             k = self.kernel
-            with k.lock:  # fast path: one page with a writable translation
-                page = self.vmspace.pmap.wr.get(addr >> PAGE_SHIFT)
-                if page is not None and self.alive and not self.swapped:
-                    page.dirty = page.referenced = True
-                    if k.touch is not None:
-                        k.touch(page)
-                    o = page.off + (addr & PAGE_MASK)
-                    page.buf[o:o + len(data)] = data
-                    return
+            # Fast paths under the bare lock (neither sleeps, so the gate's
+            # count for close is not needed): a writable translation, or a
+            # zero-fill that needs nothing else.
+            with k.lock:
+                if self.alive and not self.swapped and not k.closed:
+                    vs = self.vmspace
+                    page = vs.pmap.wr.get(addr >> PAGE_SHIFT) or vm_fault_fast(k, vs, addr)
+                    if page is not None:
+                        page.dirty = page.referenced = True
+                        if k.touch is not None:
+                            k.touch(page)
+                        o = page.off + (addr & PAGE_MASK)
+                        page.buf[o:o + len(data)] = data
+                        return
             with k.gate:  # one page: straight to the fault handler
                 try:
                     vmap = self._live()
-                    page = vm_fault_fast(k, vmap, addr) or vm_fault(k, vmap, addr, PROT_WRITE)
+                    page = vm_fault(k, vmap, addr, PROT_WRITE)
                 except OutOfMemory as e:
                     e.written = 0
                     raise

@@ -20,7 +20,7 @@ Lock: the kernel lock, held by the caller.  A fault may drop it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import hypercall
 
@@ -62,8 +62,8 @@ def _runs(k: Kernel, vmap: VMMap, addr: int, length: int,
           write: bool) -> Iterator[tuple[list[int], int, int, int]]:
     """(page addresses, offset in the first page, position in the range,
     bytes) for each run of the range: the longest stretch of pages that
-    already have translations (looked up in one C-speed pass), or else one
-    page faulted in for the access (address 0: a never-written page of a
+    already have translations (one pass over them: each page object is
+    touched once), or else one page faulted in for the access (address 0: a never-written page of a
     read, zeros).  The consumer copies a run before asking for the next:
     only then may a fault drop the lock."""
     trans = vmap.pmap.wr if write else vmap.pmap.rd
@@ -76,39 +76,43 @@ def _runs(k: Kernel, vmap: VMMap, addr: int, length: int,
     while pos < length:
         va = addr + pos
         vpn = va >> PAGE_SHIFT
+        pages: list[VMPage] = []
+        start = vpn
         if get(vpn) is None:
             if write and last > vpn and make_room(k, min(last - vpn + 1, RUN_PAGES)):
                 continue  # reclaimed for the run ahead: look again
             try:
                 first = (write and vm_fault_fast(k, vmap, va)) or vm_fault(k, vmap, va, access)
+                single = None if first is not None else 0  # a never-written page of a read: zeros
             except WindowPage as wp:  # a host window's page: copy through its host address
+                first, single = None, wp.address
+            if first is None:
                 n = min(length - pos, PAGE_SIZE - (va & PAGE_MASK))
-                yield [wp.address], va & PAGE_MASK, pos, n
+                yield [single or 0], va & PAGE_MASK, pos, n
                 pos += n
                 continue
-            if first is not None and vpn < last:
+            if vpn < last:
                 fault_ahead(k, vmap, va, min(last - vpn, RUN_PAGES - 1), write)
-            run: list[VMPage | None] = [first]
-        else:
-            run = list(map(get, range(vpn, min(last + 1, vpn + RUN_PAGES))))
-            if None in run:
-                del run[run.index(None):]
-        n = min(length - pos, (len(run) << PAGE_SHIFT) - (va & PAGE_MASK))
-        if run[0] is None:
-            addrs = [0]  # a never-written page of a read: zeros
-        else:
-            pages = cast("list[VMPage]", run)
-            addrs = []
-            add = addrs.append
-            for page in pages:  # one pass: each page object is touched once
-                page.referenced = True
-                add(page.addr)
-            if write:
-                for page in pages:
-                    page.dirty = True
-            if touch is not None:
-                for page in pages:
-                    touch(page)
+            pages.append(first)  # it may have no translation (a write-only entry)
+            start += 1
+        keep = pages.append
+        for v in range(start, min(last + 1, vpn + RUN_PAGES)):  # the translations that follow
+            page = get(v)
+            if page is None:
+                break
+            keep(page)
+        addrs: list[int] = []
+        add = addrs.append
+        for page in pages:
+            page.referenced = True
+            add(page.addr)
+        if write:
+            for page in pages:
+                page.dirty = True
+        if touch is not None:
+            for page in pages:
+                touch(page)
+        n = min(length - pos, (len(addrs) << PAGE_SHIFT) - (va & PAGE_MASK))
         yield addrs, va & PAGE_MASK, pos, n
         pos += n
 

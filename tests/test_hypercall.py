@@ -6,6 +6,8 @@ import errno
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import hypercall as hc
 from hypercall import PAGE_SIZE
@@ -161,6 +163,39 @@ def test_copy_out_and_in_across_pages(arena):
     hc.copy_out(back, 1, [page_addr(arena, 1), 0, page_addr(arena, 6)], PAGE_SIZE - 2, PAGE_SIZE + 6)
     assert back[:3] == b"?ab" and back[3:PAGE_SIZE + 3] == bytes(PAGE_SIZE)
     assert back[PAGE_SIZE + 3:] == b"cdef?"
+
+
+@settings(max_examples=200, deadline=None)
+@given(order=st.lists(st.sampled_from([-1, 0, 1, 2, 3, 4, 5, 6, 7]), min_size=1, max_size=8),
+       off=st.integers(0, PAGE_SIZE - 1), cut=st.integers(0, PAGE_SIZE - 1))
+def test_copy_runs_agree_with_a_page_by_page_copy(order, off, cut):
+    """Runs of adjacent pages (and of zero pages) are copied in one piece:
+    any mix of adjacent, repeated, backwards and zero pages (-1), any start
+    offset and any length copies exactly what a page-by-page copy would."""
+    a = hc.anonmmap(8 * PAGE_SIZE)
+    try:
+        a.buf[:] = bytes(range(251)) * (8 * PAGE_SIZE // 251) + bytes(8 * PAGE_SIZE % 251)
+        pages = [0 if i < 0 else page_addr(a, i) for i in order]
+        length = max(1, len(order) * PAGE_SIZE - off - cut)
+        want = b"".join(bytes(PAGE_SIZE) if i < 0 else bytes(a.buf[i * PAGE_SIZE:(i + 1) * PAGE_SIZE])
+                        for i in order)[off:off + length]
+        out = bytearray(b"?" * (length + 2))
+        hc.copy_out(out, 1, pages, off, length)
+        assert out[0] == ord("?") and out[-1] == ord("?") and bytes(out[1:-1]) == want
+        if -1 in order or len(set(order)) < len(order):
+            return  # copy_in needs distinct real pages
+        src = bytes((7 * i + 3) % 256 for i in range(length))
+        expect = bytearray(a.buf)
+        for n, i in enumerate(order):  # the model: page by page
+            lo = max(0, n * PAGE_SIZE - off)
+            hi = min(length, (n + 1) * PAGE_SIZE - off)
+            if lo < hi:
+                start = i * PAGE_SIZE + (off if n == 0 else 0)
+                expect[start:start + hi - lo] = src[lo:hi]
+        hc.copy_in(src, 0, pages, off, length)
+        assert bytes(a.buf) == bytes(expect)
+    finally:
+        hc.unmap(a)
 
 
 def test_page_zero_and_copy(arena):
