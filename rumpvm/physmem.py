@@ -87,10 +87,12 @@ class PhysMem:
 
     def avail_pages(self, pagedaemon: bool = False) -> int:
         """Frames that may still be allocated under the limit."""
-        if self.limit is None:
+        if self._limit is None:
             return 1 << 40
         free = self._frame_limit - self.frames_in_use
-        return max(0, free if pagedaemon else free - PDRESERVE_PAGES)
+        if not pagedaemon:
+            free -= PDRESERVE_PAGES
+        return free if free > 0 else 0
 
     def frame_location(self, frame: int) -> tuple[int, memoryview, int]:
         """(host address, arena buffer, offset in buffer) of a frame."""
@@ -170,8 +172,9 @@ def page_alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None =
     page = VMPage(obj, pindex, frame, arena.addr + off, arena.buf, off)
     obj.pages[pindex] = page
     k.queues.enqueue(page, ACTIVE)
-    if limited and pm.avail_pages() < k.pagedaemon.freemin and not k.pagedaemon.ctl.wanted:
-        k.pagedaemon.wake()
+    pd = k.pagedaemon
+    if limited and pm._frame_limit - pm.frames_in_use - PDRESERVE_PAGES < pd.freemin and not pd.ctl.wanted:
+        pd.wake()
     return page
 
 

@@ -31,6 +31,27 @@ def test_a_long_write_into_fresh_memory_faults_once() -> None:
         k.check()
 
 
+@pytest.mark.parametrize("head, tail", [(0, 0), (100, 0), (0, 100), (100, 100), (PAGE_SIZE - 1, 1)])
+def test_a_long_write_never_shows_what_a_recycled_frame_held(head: int, tail: int) -> None:
+    """Fault-ahead does not zero the pages a write overwrites whole; the
+    partly written ones at either end must still read zeros around the
+    written bytes, never the bytes of the process that used the frame
+    before (frames are recycled as soon as they are freed)."""
+    with _kernel() as k:
+        old = k.spawn()
+        b = old.mmap(64 * PAGE_SIZE)
+        old.write(b, b"\xee" * (64 * PAGE_SIZE))
+        old.exit()  # its frames go back to the free list, still holding 0xee
+        p = k.spawn()
+        a = p.mmap(64 * PAGE_SIZE)
+        n = 64 * PAGE_SIZE - head - tail
+        faults = k.stats()["faults"]
+        p.write(a + head, b"\x01" * n)
+        assert k.stats()["faults"] == faults + 1  # one fault, the rest fault-ahead
+        assert p.read(a, 64 * PAGE_SIZE) == bytes(head) + b"\x01" * n + bytes(tail)
+        k.check()
+
+
 def test_sequential_page_in_reads_ahead_and_maps_what_it_read() -> None:
     """Read-ahead grows while page-ins stay sequential, and the pages read
     ahead are mapped at once: reading back a range that went to swap takes
