@@ -40,7 +40,7 @@ rumpvm_setup() {
     #    extension is missing; the stamp holds a hash of those inputs (and of
     #    the list of packages, which the editable finder fixes at install).
     local stamp=.venv/.rumpvm-setup hash
-    hash="$( (cat pyproject.toml setup.py hypercall/_build.py; ls -d ./*/__init__.py) | sha256sum | cut -d' ' -f1)"
+    hash="$( (cat pyproject.toml setup.py hypercall/_build.py hypercall/uffd.c hypercall/uffd.h; ls -d ./*/__init__.py) | sha256sum | cut -d' ' -f1)"
     if [[ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]] || ! compgen -G 'hypercall/_hyper*.so' >/dev/null; then
         echo "setup: pip install -e '.[test]' (takes a few minutes the first time)" >&2
         rm -f "$stamp" hypercall/_hyper*.so  # no stale build may shadow the new one
