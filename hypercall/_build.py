@@ -105,7 +105,7 @@ ffibuilder.set_source(
         return (int64_t)pages * size;
     }
 
-    /* memcpy for copies of pages: a plain loop of 64-byte moves.  glibc
+    /* memmove for copies of pages: a plain loop of 64-byte moves.  glibc
        copies sizes from 2 KiB up to its non-temporal threshold with `rep
        movsb`, which on this AMD host (and under its hypervisor) runs at
        2-2.5x the time of this loop when the source is not in cache; the
@@ -113,6 +113,10 @@ ffibuilder.set_source(
        readinto and /vm mem profiles). */
     static void rv_memcpy(char *dst, const char *src, size_t n)
     {
+        if (dst < src + n && src < dst + n) {  /* a caller's buffer may alias the pages (a host window) */
+            memmove(dst, src, n);
+            return;
+        }
         size_t i = 0;
         for (; i + 64 <= n; i += 64)
             __builtin_memcpy(dst + i, src + i, 64);

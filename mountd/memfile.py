@@ -94,7 +94,7 @@ def write(kernel: Kernel, node: Node, off: int, data: bytes) -> int:
         else:
             kernel.object_write(node.id, off, data)
     except VMError as err:
-        written = getattr(err, "written", None) if isinstance(err, OutOfMemory) else None
+        written = err.written if isinstance(err, (OutOfMemory, SegmentationFault)) else None
         if written:
             return int(written)  # a short write: what made it before memory ran out
         raise _translate(node, err) from None

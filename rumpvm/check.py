@@ -23,6 +23,7 @@ Returns a list of violated invariants, empty when all hold:
   live mapping, shadow or handle can reach (no leaks), and each object's
   `mappings` are exactly the linked entries that map it;
 - ownership: objects, backing objects and frames belong to this kernel;
+- vmspaces: each process's counts exactly the processes using it (vfork);
 - accounting: charged bytes = swap bookkeeping + uvm_km_alloc arenas +
   host-window budgets;
 - host windows: each engine's resident pages <= its budget = the budget
@@ -57,8 +58,20 @@ def _maps(k: Kernel) -> list[VMMap]:
     return [k.kernel_map, *k.kmem.submaps, *spaces.values()]
 
 
+def _vmspace_errors(k: Kernel) -> list[str]:
+    """Each live process's vmspace is counted once per process using it,
+    and none has been destroyed under a user."""
+    users = Counter(id(p.vmspace) for p in k.proctab.values())
+    errs = []
+    for p in k.proctab.values():
+        vm = p.vmspace
+        if vm.refcnt != users[id(vm)]:
+            errs.append(f"pid {p.pid}: vmspace refcnt {vm.refcnt}, used by {users[id(vm)]} processes")
+    return errs
+
+
 def check_kernel(k: Kernel) -> list[str]:
-    errs: list[str] = []
+    errs: list[str] = _vmspace_errors(k)
     refs: Counter[int] = Counter()
     pv_expected: set[tuple[int, int, int]] = set()
     wired_expected: Counter[int] = Counter()

@@ -39,6 +39,12 @@ class SegmentationFault(VMError):
     `addr` is the first faulting address, `access` the PROT_* bit that was
     needed, and `code` is "SEGV_MAPERR" (nothing mapped) or "SEGV_ACCERR"
     (mapped, but the protection forbids the access), as in siginfo.
+
+    `written` is None when the range check refused a read or write before
+    anything was copied (the rule).  It is the bytes copied from the start
+    when the map changed under a multi-page `write`/`readinto` while it
+    slept part-way (for memory or a page-in): a short write, as
+    process_vm_writev gives.
     """
 
     def __init__(self, addr: int, access: int, code: str = "SEGV_MAPERR") -> None:
@@ -47,9 +53,10 @@ class SegmentationFault(VMError):
         self.addr = addr
         self.access = access
         self.code = code
+        self.written: int | None = None
 
     def __reduce__(self) -> tuple[object, ...]:
-        return type(self), (self.addr, self.access, self.code)
+        return type(self), (self.addr, self.access, self.code), {"written": self.written}
 
 
 def einval(message: str) -> VMError:

@@ -247,16 +247,21 @@ def make_room(k: Kernel, npages: int) -> bool:
     read-ahead, a long write): if fewer are free above the daemon's wake-up
     point, scan in this thread (direct reclaim) rather than shrink the
     batch to single pages while the daemon waits for the lock.  True if a
-    scan freed pages — the lock may have been dropped, so the caller
-    restarts.  Lock held; nothing may be half-done by the caller."""
+    scan freed pages or dropped the lock, so the caller restarts (its
+    lookups may be stale).  Lock held; nothing may be half-done by the
+    caller."""
     pd = k.pagedaemon
     if (k.physmem.limit is None or pd.stalled or k.physmem.avail_pages() - pd.freemin - 1 >= npages
             or in_pagedaemon(k)):
         return False
+    drops = k.lockdrops
     if pd.reclaim(direct=True):
         k.lockdrops += 1
         return True
-    return False
+    # A scan that freed nothing may still have dropped the lock for swap
+    # writes (the pages it wrote were released meanwhile): the caller's
+    # lookups are stale all the same.
+    return k.lockdrops != drops
 
 
 @contextmanager

@@ -583,11 +583,16 @@ class Proc:
         fork would make it); a no-op when nobody else shares it."""
         k = self.kernel
         with k.gate:
-            old = self._live()
-            if old.refcnt == 1:
+            if self._live().refcnt == 1:
                 return
             with reserve(k, 0) as resv:
                 new = _fork_vmspace(k, self, resv)
+            # What was copied is the space the process has now: the sleeps
+            # for memory above may have seen it exec or unshare meanwhile.
+            old = self.vmspace
+            if old.refcnt == 1:  # nobody shares it any more: a no-op after all
+                vmspace_free(new)
+                return
             self.vmspace = new
             vmspace_free(old)
 

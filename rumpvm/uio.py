@@ -131,7 +131,7 @@ def vm_read(k: Kernel, vmap: VMMap, addr: int, length: int) -> bytes:
         raise OutOfMemory(f"no host memory for a {length}-byte read") from None
     try:
         _copy_out(k, vmap, addr, out)
-    except OutOfMemory as e:
+    except (OutOfMemory, SegmentationFault) as e:
         e.written = None  # nothing was returned: no short read to report
         raise
     return out
@@ -153,7 +153,7 @@ def _copy_out(k: Kernel, vmap: VMMap, addr: int, dst: memoryview | bytearray | b
         for addrs, off, pos, n in _runs(k, vmap, addr, len(dst), False):
             hypercall.copy_out(dst, pos, addrs, off, n)
             done = pos + n
-    except OutOfMemory as e:
+    except (OutOfMemory, SegmentationFault) as e:  # a fault slept and the map changed meanwhile
         e.written = done
         raise
 
@@ -169,7 +169,7 @@ def vm_write(k: Kernel, vmap: VMMap, addr: int, data: bytes | bytearray | memory
         for addrs, off, pos, n in _runs(k, vmap, addr, length, True):
             hypercall.copy_in(src, pos, addrs, off, n)
             done = pos + n
-    except OutOfMemory as e:
+    except (OutOfMemory, SegmentationFault) as e:  # a fault slept and the map changed meanwhile
         e.written = done
         raise
 
