@@ -269,15 +269,15 @@ def fault_object(k: Kernel, top: VMObject, pindex: int, write: bool, alloc: bool
     return page
 
 
-def fault_ahead(k: Kernel, vmap: VMMap, va: int, count: int, write: bool, covered: int = 0) -> None:
+def fault_ahead(k: Kernel, vmap: VMMap, va: int, count: int, write: bool) -> None:
     """After a fault at `va`, give up to `count` following pages of its
     entry translations without a fault each (vm_fault_prefault): a resident
     page of the chain is entered as the fault would enter it; for a write,
     an absent page of an object with no backing (nothing below can hold
     it) is zero-filled while memory is plentiful — the write that asked
-    will cover it.  The first `covered` following pages are ones that write
-    overwrites whole before the lock is next dropped: they get a frame but
-    are not zeroed.  Stops at the first page that would need more (a swap
+    will cover it (zeroed all the same: an exception between here and the
+    copy, a KeyboardInterrupt, must not leave a recycled frame's bytes
+    mapped).  Stops at the first page that would need more (a swap
     slot, copy-on-write, a busy page, a memory wait).  Lock held; never
     sleeps."""
     m, e = resolve(vmap, va)
@@ -307,8 +307,7 @@ def fault_ahead(k: Kernel, vmap: VMMap, va: int, count: int, write: bool, covere
             if page is None:
                 return
             budget -= 1
-            if v - vpn > covered:
-                _zero(page)
+            _zero(page)
             k.uvmexp.zerofills += 1
         elif page.busy or page.fake or (write and o is not top):
             return

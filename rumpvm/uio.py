@@ -91,9 +91,8 @@ def _runs(k: Kernel, vmap: VMMap, addr: int, length: int,
                 yield [single or 0], va & PAGE_MASK, pos, n
                 pos += n
                 continue
-            if vpn < last:  # the pages this write covers whole need no zeroing (copied into next)
-                fault_ahead(k, vmap, va, min(last - vpn, RUN_PAGES - 1), write,
-                            (end >> PAGE_SHIFT) - vpn - 1 if write else 0)
+            if vpn < last:
+                fault_ahead(k, vmap, va, min(last - vpn, RUN_PAGES - 1), write)
             pages.append(first)  # it may have no translation (a write-only entry)
             start += 1
         keep = pages.append

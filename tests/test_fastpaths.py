@@ -33,10 +33,10 @@ def test_a_long_write_into_fresh_memory_faults_once() -> None:
 
 @pytest.mark.parametrize("head, tail", [(0, 0), (100, 0), (0, 100), (100, 100), (PAGE_SIZE - 1, 1)])
 def test_a_long_write_never_shows_what_a_recycled_frame_held(head: int, tail: int) -> None:
-    """Fault-ahead does not zero the pages a write overwrites whole; the
-    partly written ones at either end must still read zeros around the
-    written bytes, never the bytes of the process that used the frame
-    before (frames are recycled as soon as they are freed)."""
+    """The pages fault-ahead gives a long write, whole or partly written,
+    read the written bytes and zeros around them, never the bytes of the
+    process that used the frame before (frames are recycled as soon as
+    they are freed)."""
     with _kernel() as k:
         old = k.spawn()
         b = old.mmap(64 * PAGE_SIZE)
