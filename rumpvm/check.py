@@ -23,7 +23,8 @@ Returns a list of violated invariants, empty when all hold:
   live mapping, shadow or handle can reach (no leaks), and each object's
   `mappings` are exactly the linked entries that map it;
 - ownership: objects, backing objects and frames belong to this kernel;
-- vmspaces: each process's counts exactly the processes using it (vfork);
+- processes: each vmspace counts exactly the processes using it (vfork);
+  `nswapped` is the number swapped out;
 - accounting: charged bytes = swap bookkeeping + uvm_km_alloc arenas +
   host-window budgets;
 - host windows: each engine's resident pages <= its budget = the budget
@@ -58,11 +59,14 @@ def _maps(k: Kernel) -> list[VMMap]:
     return [k.kernel_map, *k.kmem.submaps, *spaces.values()]
 
 
-def _vmspace_errors(k: Kernel) -> list[str]:
-    """Each live process's vmspace is counted once per process using it,
-    and none has been destroyed under a user."""
+def _proc_errors(k: Kernel) -> list[str]:
+    """Each live process's vmspace is counted once per process using it
+    (none destroyed under a user); the swapped-out count is exact."""
     users = Counter(id(p.vmspace) for p in k.proctab.values())
     errs = []
+    swapped = sum(p.swapped for p in k.proctab.values())
+    if k.nswapped != swapped:
+        errs.append(f"nswapped {k.nswapped}, but {swapped} processes are swapped out")
     for p in k.proctab.values():
         vm = p.vmspace
         if vm.refcnt != users[id(vm)]:
@@ -71,7 +75,7 @@ def _vmspace_errors(k: Kernel) -> list[str]:
 
 
 def check_kernel(k: Kernel) -> list[str]:
-    errs: list[str] = _vmspace_errors(k)
+    errs: list[str] = _proc_errors(k)
     refs: Counter[int] = Counter()
     pv_expected: set[tuple[int, int, int]] = set()
     wired_expected: Counter[int] = Counter()

@@ -77,6 +77,8 @@ def swapin(k: Kernel, p: Proc, nowait: bool = False) -> bool:
         if nowait:
             return False
         raise
+    if not p.swapped:  # another thread's swap-in ended while this one slept in the page-in
+        return True
     p.swapped = False
     p.resident_since = time.monotonic()
     k.nswapped -= 1

@@ -15,6 +15,7 @@ import errno
 import time
 
 import pytest
+from pausing import paused_call
 
 import rumpvm
 from rumpvm import (
@@ -922,6 +923,30 @@ def test_scheduler_swaps_runnable_back_in_when_memory_allows(tiny):
         f.exit()
     assert wait_for(k, lambda: target.state == "R", timeout=3.0), "never swapped back in"
     assert uarea_wired(k, target)
+    k.check()
+
+
+def test_two_threads_touching_a_swapped_out_process_swap_it_in_once(tiny):
+    """One thread's read of a swapped-out process stops inside its swap-in
+    (at the lock re-take after the u-area's page-in) while another thread
+    reads it, swapping it in whole; when the first goes on, the process
+    has been swapped in once: one swap-in counted, the swapped-out count
+    exact (it went to -1), the u-area wired."""
+    k = tiny
+    q = k.spawn("target")
+    a = q.mmap(PAGE_SIZE)
+    q.write(a, b"T")
+    q.sleep()
+    for f in swap_out(k, q)[:40]:  # room to swap it back in
+        f.exit()
+    k.pagedaemon.wait_idle()
+    before = k.stats()
+    got, exc = paused_call(k, 3, lambda: q.read(a, 1), lambda: q.read(a, 1))
+    after = k.stats()
+    assert (got, exc) == (b"T", None)
+    assert after["pageins"] > before["pageins"], "precondition: the u-area was paged in (the lock dropped)"
+    assert after["swapins"] == before["swapins"] + 1
+    assert q.state == "S" and uarea_wired(k, q)
     k.check()
 
 
