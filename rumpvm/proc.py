@@ -64,7 +64,17 @@ from .vmspace import Vmspace, vmspace_alloc, vmspace_fork, vmspace_free
 if TYPE_CHECKING:
     from .kernel import Kernel
     from .object import VMObject
+    from .page import VMPage
 
+
+def _store(k: Kernel, page: VMPage, addr: int, data: bytes) -> None:
+    """A one-page write's copy into its page, as the MMU would mark it
+    (dirty, referenced, the policy's touch).  Lock held."""
+    page.dirty = page.referenced = True
+    if k.touch is not None:
+        k.touch(page)
+    o = page.off + (addr & PAGE_MASK)
+    page.buf[o:o + len(data)] = data
 
 
 def _int(name: str, v: object) -> int:
@@ -473,11 +483,7 @@ class Proc:
                     vs = self.vmspace
                     page = vs.pmap.wr.get(addr >> PAGE_SHIFT) or vm_fault_fast(k, vs, addr)
                     if page is not None:
-                        page.dirty = page.referenced = True
-                        if k.touch is not None:
-                            k.touch(page)
-                        o = page.off + (addr & PAGE_MASK)
-                        page.buf[o:o + len(data)] = data
+                        _store(k, page, addr, data)
                         return
             with k.gate:  # one page: straight to the fault handler
                 try:
@@ -490,11 +496,7 @@ class Proc:
                     hypercall.copy_in(memoryview(data), 0, [wp.address], addr & PAGE_MASK, len(data))
                     return
                 assert page is not None
-                page.dirty = page.referenced = True
-                if k.touch is not None:
-                    k.touch(page)
-                o = page.off + (addr & PAGE_MASK)
-                page.buf[o:o + len(data)] = data
+                _store(k, page, addr, data)
                 return
         a = _int("addr", addr)
         try:
