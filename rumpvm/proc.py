@@ -124,6 +124,7 @@ class Proc:
         self.alive = True
         self.run_state = "R"  # R running, S sleeping, T stopped
         self.swapped = False
+        self.swapping_in = False  # a thread is paging its u-area in (swapper.swapin)
         now = time.monotonic()
         self.slept_at = 0.0  # when it last went to sleep or stopped
         self.swapped_at = 0.0

@@ -68,7 +68,19 @@ def swapout(k: Kernel, p: Proc) -> int:
 def swapin(k: Kernel, p: Proc, nowait: bool = False) -> bool:
     """uvm_swapin: wire the u-area again (paging it in).  With `nowait`
     (the pagedaemon's scheduler pass) give up instead of waiting for
-    memory.  True if the process is resident again."""
+    memory.  True if the process is resident again.  One swap-in at a time
+    per process (PS_SWAPPINGIN): another caller sleeps until it ends
+    rather than wire the u-area alongside it.  Lock held (dropped while
+    the u-area pages in)."""
+    while p.swapping_in:
+        if nowait:
+            return False
+        k.lockdrops += 1
+        k.page_cv.wait()
+        k.check_open()
+    if not p.swapped:  # the swap-in we waited for brought it back
+        return True
+    p.swapping_in = True
     try:
         k.kmem_map.wire(p.uarea, p.uarea + USPACE, nowait=nowait)
     except VMError:
@@ -77,8 +89,9 @@ def swapin(k: Kernel, p: Proc, nowait: bool = False) -> bool:
         if nowait:
             return False
         raise
-    if not p.swapped:  # another thread's swap-in ended while this one slept in the page-in
-        return True
+    finally:
+        p.swapping_in = False
+        k.page_cv.notify_all()
     p.swapped = False
     p.resident_since = time.monotonic()
     k.nswapped -= 1

@@ -12,6 +12,7 @@ are awaited with `k.pagedaemon.wait_idle()` or a deadline poll.
 from __future__ import annotations
 
 import errno
+import threading
 import time
 
 import pytest
@@ -928,10 +929,11 @@ def test_scheduler_swaps_runnable_back_in_when_memory_allows(tiny):
 
 def test_two_threads_touching_a_swapped_out_process_swap_it_in_once(tiny):
     """One thread's read of a swapped-out process stops inside its swap-in
-    (at the lock re-take after the u-area's page-in) while another thread
-    reads it, swapping it in whole; when the first goes on, the process
-    has been swapped in once: one swap-in counted, the swapped-out count
-    exact (it went to -1), the u-area wired."""
+    (at the lock re-take after the u-area's page-in) while a second thread
+    reads it: the second waits for that swap-in instead of wiring the
+    u-area alongside it.  Both reads succeed, the process was swapped in
+    once (the count of swapped-out processes went to -1 before), its
+    u-area wired, and check() is clean."""
     k = tiny
     q = k.spawn("target")
     a = q.mmap(PAGE_SIZE)
@@ -941,9 +943,23 @@ def test_two_threads_touching_a_swapped_out_process_swap_it_in_once(tiny):
         f.exit()
     k.pagedaemon.wait_idle()
     before = k.stats()
-    got, exc = paused_call(k, 3, lambda: q.read(a, 1), lambda: q.read(a, 1))
+    second: list[object] = []
+
+    def meanwhile() -> None:
+        drops = k.lockdrops
+        t = threading.Thread(target=lambda: second.append(q.read(a, 1)), daemon=True)
+        t.start()
+        while k.lockdrops == drops and t.is_alive():  # until it sleeps on the first's swap-in
+            threading.Event().wait(0.001)
+        threads.append(t)
+
+    threads: list[threading.Thread] = []
+    got, exc = paused_call(k, 3, lambda: q.read(a, 1), meanwhile)
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive()
     after = k.stats()
-    assert (got, exc) == (b"T", None)
+    assert (got, exc, second) == (b"T", None, [b"T"])
     assert after["pageins"] > before["pageins"], "precondition: the u-area was paged in (the lock dropped)"
     assert after["swapins"] == before["swapins"] + 1
     assert q.state == "S" and uarea_wired(k, q)
