@@ -173,7 +173,7 @@ def page_alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None =
     obj.pages[pindex] = page
     k.queues.enqueue(page, ACTIVE)
     pd = k.pagedaemon
-    if limited and pm._frame_limit - pm.frames_in_use - PDRESERVE_PAGES < pd.freemin and not pd.ctl.wanted:
+    if limited and pm.avail_pages() < pd.freemin and not pd.ctl.wanted:
         pd.wake()
     return page
 

@@ -63,8 +63,9 @@ def _runs(k: Kernel, vmap: VMMap, addr: int, length: int,
     """(page addresses, offset in the first page, position in the range,
     bytes) for each run of the range: the longest stretch of pages that
     already have translations (one pass over them: each page object is
-    touched once), or else one page faulted in for the access (address 0: a never-written page of a
-    read, zeros).  The consumer copies a run before asking for the next:
+    touched once), or else one page faulted in for the access with the
+    translations after it (address 0: a never-written page of a read,
+    zeros).  The consumer copies a run before asking for the next:
     only then may a fault drop the lock."""
     trans = vmap.pmap.wr if write else vmap.pmap.rd
     get = trans.get
@@ -81,14 +82,14 @@ def _runs(k: Kernel, vmap: VMMap, addr: int, length: int,
         if get(vpn) is None:
             if write and last > vpn and make_room(k, min(last - vpn + 1, RUN_PAGES)):
                 continue  # reclaimed for the run ahead: look again
+            host = 0  # no page: a never-written page of a read, zeros
             try:
                 first = (write and vm_fault_fast(k, vmap, va)) or vm_fault(k, vmap, va, access)
-                single = None if first is not None else 0  # a never-written page of a read: zeros
             except WindowPage as wp:  # a host window's page: copy through its host address
-                first, single = None, wp.address
+                first, host = None, wp.address
             if first is None:
                 n = min(length - pos, PAGE_SIZE - (va & PAGE_MASK))
-                yield [single or 0], va & PAGE_MASK, pos, n
+                yield [host], va & PAGE_MASK, pos, n
                 pos += n
                 continue
             if vpn < last:
