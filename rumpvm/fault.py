@@ -53,7 +53,7 @@ class WindowPage(VMError):
         super().__init__(errno.EFAULT, f"page {index} of a host window: only reads and writes reach it")
         self.address = window.address + (index << PAGE_SHIFT)
 
-def _zero(page: VMPage) -> None:
+def zero_page(page: VMPage) -> None:
     """Zero a new page through its frame's buffer: a cffi call (the GIL
     released and retaken) costs more than the 4 KiB copy itself."""
     page.buf[page.off:page.off + PAGE_SIZE] = _ZERO_PAGE
@@ -127,7 +127,7 @@ def vm_fault_fast(k: Kernel, vmap: VMMap, va: int) -> VMPage | None:
     page = page_alloc(k, top, pindex)
     if page is None:
         return None
-    _zero(page)
+    zero_page(page)
     k.uvmexp.faults += 1
     k.uvmexp.zerofills += 1
     if e.prot & PROT_READ:  # a write-only entry gets no translation
@@ -255,7 +255,7 @@ def fault_object(k: Kernel, top: VMObject, pindex: int, write: bool, alloc: bool
         if not write and not alloc and not fill:
             return None
         page = _alloc(k, top, pindex, resv)
-        _zero(page)
+        zero_page(page)
         page.dirty = write or not fill
         k.uvmexp.zerofills += 1
     elif page.obj is not top and write:
@@ -269,17 +269,19 @@ def fault_object(k: Kernel, top: VMObject, pindex: int, write: bool, alloc: bool
     return page
 
 
-def fault_ahead(k: Kernel, vmap: VMMap, va: int, count: int, write: bool) -> None:
+def fault_ahead(k: Kernel, vmap: VMMap, va: int, count: int, write: bool,
+                fresh: list[VMPage] | None = None, covered: int = 0) -> None:
     """After a fault at `va`, give up to `count` following pages of its
     entry translations without a fault each (vm_fault_prefault): a resident
     page of the chain is entered as the fault would enter it; for a write,
     an absent page of an object with no backing (nothing below can hold
-    it) is zero-filled while memory is plentiful — the write that asked
-    will cover it (zeroed all the same: an exception between here and the
-    copy, a KeyboardInterrupt, must not leave a recycled frame's bytes
-    mapped).  Stops at the first page that would need more (a swap
-    slot, copy-on-write, a busy page, a memory wait).  Lock held; never
-    sleeps."""
+    it) is zero-filled while memory is plentiful.  A new page below vpn
+    `covered`, which the caller's write will overwrite whole, is left
+    unzeroed and appended to `fresh`: the caller must zero what is still
+    there if its copy never comes (an exception, a KeyboardInterrupt), so
+    a recycled frame's bytes are never seen.  Stops at the first page that
+    would need more (a swap slot, copy-on-write, a busy page, a memory
+    wait).  Lock held; never sleeps."""
     m, e = resolve(vmap, va)
     if m is not vmap or e is None or e.obj is None or not e.prot & PROT_READ:
         return
@@ -307,7 +309,10 @@ def fault_ahead(k: Kernel, vmap: VMMap, va: int, count: int, write: bool) -> Non
             if page is None:
                 return
             budget -= 1
-            _zero(page)
+            if v < covered and fresh is not None:
+                fresh.append(page)
+            else:
+                zero_page(page)
             k.uvmexp.zerofills += 1
         elif page.busy or page.fake or (write and o is not top):
             return

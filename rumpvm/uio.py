@@ -26,7 +26,7 @@ import hypercall
 
 from .constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE
 from .errors import OutOfMemory, SegmentationFault
-from .fault import WindowPage, fault_ahead, object_fault, resolve, vm_fault, vm_fault_fast
+from .fault import WindowPage, fault_ahead, object_fault, resolve, vm_fault, vm_fault_fast, zero_page
 from .map import stack_growth
 from .physmem import make_room
 
@@ -58,15 +58,17 @@ a grow-down stack would grow to count as the stack's."""
 RUN_PAGES = 256  # translations looked up per batch: bounds the work a fault can waste
 
 
-def _runs(k: Kernel, vmap: VMMap, addr: int, length: int,
-          write: bool) -> Iterator[tuple[list[int], int, int, int]]:
+def _runs(k: Kernel, vmap: VMMap, addr: int, length: int, write: bool,
+          fresh: list[VMPage] | None = None) -> Iterator[tuple[list[int], int, int, int]]:
     """(page addresses, offset in the first page, position in the range,
     bytes) for each run of the range: the longest stretch of pages that
     already have translations (one pass over them: each page object is
     touched once), or else one page faulted in for the access with the
     translations after it (address 0: a never-written page of a read,
     zeros).  The consumer copies a run before asking for the next:
-    only then may a fault drop the lock."""
+    only then may a fault drop the lock.  A write passes `fresh`: new
+    pages it will overwrite whole are left unzeroed and listed there
+    (fault_ahead) until the consumer's copy has covered them."""
     trans = vmap.pmap.wr if write else vmap.pmap.rd
     get = trans.get
     access = PROT_WRITE if write else PROT_READ
@@ -93,7 +95,7 @@ def _runs(k: Kernel, vmap: VMMap, addr: int, length: int,
                 pos += n
                 continue
             if vpn < last:
-                fault_ahead(k, vmap, va, min(last - vpn, RUN_PAGES - 1), write)
+                fault_ahead(k, vmap, va, min(last - vpn, RUN_PAGES - 1), write, fresh, end >> PAGE_SHIFT)
             pages.append(first)  # it may have no translation (a write-only entry)
             start += 1
         keep = pages.append
@@ -165,13 +167,18 @@ def vm_write(k: Kernel, vmap: VMMap, addr: int, data: bytes | bytearray | memory
     length = len(src)
     check_access(vmap, addr, length, PROT_WRITE)
     done = 0
+    fresh: list[VMPage] = []  # new pages of the current run, not zeroed: the copy covers them
     try:
-        for addrs, off, pos, n in _runs(k, vmap, addr, length, True):
+        for addrs, off, pos, n in _runs(k, vmap, addr, length, True, fresh):
             hypercall.copy_in(src, pos, addrs, off, n)
+            fresh.clear()
             done = pos + n
     except (OutOfMemory, SegmentationFault) as e:  # a fault slept and the map changed meanwhile
         e.written = done
         raise
+    finally:
+        for page in fresh:  # the copy never came: no recycled frame's bytes may show
+            zero_page(page)
 
 
 def vm_replay(k: Kernel, vmap: VMMap, base: int, accesses: Iterable[int]) -> None:

@@ -5,9 +5,14 @@ the full fault: write-only entries, shared objects, copy-on-write)."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from types import FrameType
+
 import pytest
 
-from rumpvm import MAP_ANON, MAP_SHARED, PAGE_SIZE, PROT_READ, PROT_WRITE, Kernel, SegmentationFault
+import hypercall
+from rumpvm import MAP_ANON, MAP_SHARED, PAGE_SIZE, PROT_READ, PROT_WRITE, Kernel, SegmentationFault, fault, uio
 
 
 def _kernel() -> Kernel:
@@ -49,6 +54,54 @@ def test_a_long_write_never_shows_what_a_recycled_frame_held(head: int, tail: in
         p.write(a + head, b"\x01" * n)
         assert k.stats()["faults"] == faults + 1  # one fault, the rest fault-ahead
         assert p.read(a, 64 * PAGE_SIZE) == bytes(head) + b"\x01" * n + bytes(tail)
+        k.check()
+
+
+def _interrupt_after_fault_ahead(nth: int) -> Callable[[FrameType, str, object], object]:
+    """A trace function that raises KeyboardInterrupt (Ctrl-C) at the
+    `nth` step of the write path after fault-ahead returns: a line of
+    `_runs` or `vm_write`, or the call of the copy."""
+    steps = {uio._runs.__code__, uio.vm_write.__code__, hypercall.copy_in.__code__}
+    state = {"armed": False, "seen": 0}
+
+    def tracer(frame: FrameType, event: str, arg: object) -> object:
+        code = frame.f_code
+        if event == "return" and code is fault.fault_ahead.__code__:
+            state["armed"] = True
+        elif state["armed"] and code in steps and event in ("line", "call"):
+            state["seen"] += 1
+            if state["seen"] == nth:
+                raise KeyboardInterrupt
+        return tracer
+
+    return tracer
+
+
+@pytest.mark.parametrize("nth", range(1, 470, 12))  # about 460 steps to the end of the write
+def test_a_write_interrupted_after_fault_ahead_never_shows_a_recycled_frame(nth: int) -> None:
+    """Pages fault-ahead makes for a write that covers them whole are not
+    zeroed (the copy overwrites them).  Ctrl-C at any step between
+    fault-ahead and the end of the copy must still leave every page
+    holding zeros or the written bytes, never what an exited process left
+    in the recycled frames, and the bookkeeping whole."""
+    with _kernel() as k:
+        old = k.spawn()
+        b = old.mmap(64 * PAGE_SIZE)
+        old.write(b, b"SECRET!!" * (64 * PAGE_SIZE // 8))
+        old.exit()
+        p = k.spawn()
+        a = p.mmap(64 * PAGE_SIZE)
+        sys.settrace(_interrupt_after_fault_ahead(nth))
+        try:
+            p.write(a + 100, b"x" * (48 * PAGE_SIZE))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sys.settrace(None)
+        data = p.read(a, 64 * PAGE_SIZE)
+        for i in range(64):
+            assert b"SECRET" not in data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE], f"page {i} shows a recycled frame"
+        assert set(data) <= {0, ord("x")}
         k.check()
 
 
