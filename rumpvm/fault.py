@@ -348,7 +348,7 @@ def pagein(k: Kernel, obj: VMObject, pindex: int, slot: int, advice: int = MADV_
         pi = pindex + n
         if pi >= obj.size or obj.swap.get(pi) != slot + n or pi in obj.pages:
             break
-        page = page_alloc(k, obj, pi)
+        page = page_alloc(k, obj, pi, queue=INACTIVE)  # unused read-ahead leaves first
         if page is None:
             break
         pages.append(page)
@@ -379,8 +379,6 @@ def pagein(k: Kernel, obj: VMObject, pindex: int, slot: int, advice: int = MADV_
             continue
         page.dirty = False  # the swap copy is valid until the page is written
         k.uvmexp.pageins += 1
-        if n:
-            k.queues.enqueue(page, INACTIVE)  # unused read-ahead leaves first
     pageable_again(k)  # a scan meanwhile had to pass over these busy pages
     if err is None and not good[0] and not pages[0].released:
         err = VMError(errno.EIO, f"swap slot {slot}: checksum mismatch")

@@ -155,8 +155,9 @@ def in_pagedaemon(k: Kernel) -> bool:
     return threading.get_ident() == k.pagedaemon.ident
 
 
-def page_alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None = None) -> VMPage | None:
-    """A new page of `obj` at `pindex`, on the active queue, with a frame
+def page_alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None = None,
+               queue: int = ACTIVE) -> VMPage | None:
+    """A new page of `obj` at `pindex`, on `queue` (active), with a frame
     from `resv` if it has one; None when memory is short (the caller
     waits with memwait and retries).  Lock held."""
     pm = k.physmem
@@ -171,7 +172,7 @@ def page_alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None =
     off = (frame & ARENA_MASK) << PAGE_SHIFT
     page = VMPage(obj, pindex, frame, arena.addr + off, arena.buf, off)
     obj.pages[pindex] = page
-    k.queues.enqueue(page, ACTIVE)
+    k.queues.enqueue(page, queue)
     pd = k.pagedaemon
     if limited and pm.avail_pages() < pd.freemin and not pd.ctl.wanted:
         pd.wake()

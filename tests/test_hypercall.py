@@ -215,3 +215,25 @@ def test_checksum(arena):
     assert hc.checksum(a) != hc.checksum(b)
     assert hc.checksum(page_addr(arena, 2)) == hc.checksum_buffer(bytes(PAGE_SIZE))
     assert hc.checksum(page_addr(arena, 2)) != hc.checksum(a)
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.binary(min_size=8, max_size=64), nwords=st.integers(1, 512), data=st.data())
+def test_checksum_sees_every_word_and_its_place(seed: bytes, nwords: int, data: st.DataObject) -> None:
+    """The swap checksum catches what a torn or misplaced write looks like:
+    any one bit flipped in any word (the four lanes and the tail words past
+    the last group of four alike), and two unequal words trading places
+    (within a lane or across lanes)."""
+    words = bytearray((seed * (8 * nwords // len(seed) + 1))[:8 * nwords])
+    base = hc.checksum_buffer(words)
+    i = data.draw(st.integers(0, nwords - 1), label="word")
+    bit = data.draw(st.integers(0, 63), label="bit")
+    flipped = bytearray(words)
+    flipped[8 * i + bit // 8] ^= 1 << (bit % 8)
+    assert hc.checksum_buffer(flipped) != base
+    j = data.draw(st.integers(0, nwords - 1), label="other word")
+    wi, wj = words[8 * i:8 * i + 8], words[8 * j:8 * j + 8]
+    if wi != wj:
+        swapped = bytearray(words)
+        swapped[8 * i:8 * i + 8], swapped[8 * j:8 * j + 8] = wj, wi
+        assert hc.checksum_buffer(swapped) != base
