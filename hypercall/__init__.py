@@ -499,9 +499,30 @@ class HostWindow:
         if rc < 0:
             raise OSError(-rc, f"window swap slot at offset {off:#x}: checksum mismatch or read error")
 
+    def detach(self) -> None:
+        """Make wait() return 0 from now on (the budget thread goes); the
+        engine serves faults until close()."""
+        lib.rv_win_detach(self._w)
+
     def close(self) -> None:
         """Stop serving faults (the addresses then read zeros)."""
         lib.rv_win_close(self._w)
+
+    def close_save(self, frames: Sequence[int]) -> list[int] | None:
+        """close(), after copying every present or parked page into the next
+        of the page-sized buffers at `frames`; returns the page indices
+        copied, in order (the i-th went to frames[i]), or None, saving
+        nothing, if there were more than len(frames).  Saved pages keep no
+        slot; swapped pages keep theirs (states(), sums())."""
+        idx = ffi.new("uint32_t[]", max(1, len(frames)))
+        n = lib.rv_win_close_save(self._w, frames, idx, len(frames))
+        return None if n < 0 else list(idx[0:n])
+
+    def sums(self) -> array[int]:
+        """The checksum of each page's swap copy (valid where states() says so)."""
+        out = array("Q", bytes(8 * self.npages))
+        lib.rv_win_sums(self._w, ffi.from_buffer("uint64_t[]", out, require_writable=True))
+        return out
 
     def destroy(self) -> None:
         """Free the engine (after close and after every wait() returned)."""

@@ -521,7 +521,7 @@ fail:
  * mapping over the window (which unregisters it: a later touch sees
  * zeros, never a hang), and wake rv_win_wait.  The addresses stay mapped
  * until the caller unmaps them (views of the window may still exist). */
-void rv_win_close(rv_win *w)
+static void stop_engine(rv_win *w)
 {
     if (w->running) {
         uint64_t one = 1;
@@ -529,6 +529,12 @@ void rv_win_close(rv_win *w)
             pthread_join(w->thread, NULL);
         w->running = 0;
     }
+}
+
+void rv_win_detach(rv_win *w);
+
+static void release(rv_win *w)
+{
     mmap(w->base, w->npages * w->pgsz, PROT_READ | PROT_WRITE,
          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
     madvise(w->base, w->npages * w->pgsz, MADV_DONTFORK);
@@ -537,12 +543,69 @@ void rv_win_close(rv_win *w)
     close(w->uffd);
     w->uffd = -1;
     pthread_mutex_lock(&w->mu);
-    w->closing = 1;
     w->stats[S_RESIDENT] = 0;
+    pthread_mutex_unlock(&w->mu);
+    rv_win_detach(w);
+}
+
+void rv_win_close(rv_win *w)
+{
+    stop_engine(w);
+    release(w);
+}
+
+/* Tell Python's budget thread to go (rv_win_wait returns 0 from now on)
+ * while the engine goes on serving faults until the close. */
+void rv_win_detach(rv_win *w)
+{
+    pthread_mutex_lock(&w->mu);
+    w->closing = 1;
     pthread_mutex_unlock(&w->mu);
     uint64_t one = 1;
     if (write(w->evfd, &one, sizeof one) != sizeof one)
         w->stats[S_ERRORS]++;
+}
+
+/* Close, saving first what only memory holds: each present or parked
+ * page is copied into the next frame of dst (idx[k] = the page copied to
+ * dst[k]) and becomes ABSENT with no slot copy, so a pageout racing the
+ * close passes over it and the caller takes no slot for it.  Swapped
+ * pages keep their slots (rv_win_states, rv_win_sums).  All of it with
+ * the engine stopped and in one call: a thread holding the GIL that
+ * touches the window meanwhile only waits for the release.  Returns the
+ * pages saved, or -1 if more than ndst needed saving (nothing saved). */
+int64_t rv_win_close_save(rv_win *w, const uintptr_t *dst, uint32_t *idx, int64_t ndst)
+{
+    int64_t n = 0;
+    stop_engine(w);
+    pthread_mutex_lock(&w->mu);
+    for (size_t i = 0; i < w->npages; i++)
+        n += w->st[i] == PRESENT || w->st[i] == PARKED;
+    if (n <= ndst) {
+        n = 0;
+        for (size_t i = 0; i < w->npages; i++) {
+            if (w->st[i] != PRESENT && w->st[i] != PARKED)
+                continue;
+            memcpy((char *)dst[n], (w->st[i] == PRESENT ? w->base : w->park) + i * w->pgsz, w->pgsz);
+            idx[n++] = (uint32_t)i;
+            w->st[i] = ABSENT;
+            w->valid[i] = 0;
+        }
+    } else {
+        n = -1;
+    }
+    pthread_mutex_unlock(&w->mu);
+    release(w);
+    return n;
+}
+
+/* Each page's swap checksum (meaningful where rv_win_states says the slot
+ * is valid): the kernel takes over the slots of a closing window. */
+void rv_win_sums(rv_win *w, uint64_t *out)
+{
+    pthread_mutex_lock(&w->mu);
+    memcpy(out, w->sums, w->npages * sizeof *out);
+    pthread_mutex_unlock(&w->mu);
 }
 
 static void teardown(rv_win *w)

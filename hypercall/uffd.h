@@ -9,6 +9,9 @@ int rv_uffd_open(int *why);
 rv_win *rv_win_create(int uffd, char *base, size_t npages, size_t pgsz, int swapfd, const int64_t *slots,
                       int64_t budget, int *err);
 void rv_win_close(rv_win *w);
+void rv_win_detach(rv_win *w);
+int64_t rv_win_close_save(rv_win *w, const uintptr_t *dst, uint32_t *idx, int64_t ndst);
+void rv_win_sums(rv_win *w, uint64_t *out);
 void rv_win_destroy(rv_win *w);
 void rv_win_grant(rv_win *w, int64_t n);
 int64_t rv_win_evict(rv_win *w, const uint32_t *idx, uint8_t *done, int64_t n, int64_t *evicted);

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import mmap
 import threading
 import weakref
@@ -60,14 +61,16 @@ import hypercall
 from .constants import MAP_SHARED, PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE
 from .errors import VMError
 from .page import ACTIVE, INACTIVE, VMPage
-from .physmem import memwait, pageable_again
+from .physmem import Reservation, memwait, page_alloc, pageable_again
 
-PRESENT, PARKED = hypercall.WINDOW_STATES.index("present"), hypercall.WINDOW_STATES.index("parked")
+PRESENT, PARKED, SWAPPED = (hypercall.WINDOW_STATES.index(name) for name in ("present", "parked", "swapped"))
 
 if TYPE_CHECKING:
     from .kernel import Kernel
     from .object import VMObject
     from .proc import Proc
+
+log = logging.getLogger("rumpvm.window")
 
 WINDOW_MIN_PAGES = 16  # charged at creation: the engine never waits for Python
 GRANT_PAGES = 64  # budget granted at a time when the engine runs short
@@ -281,38 +284,87 @@ def host_proc(k: Kernel) -> Proc:
 
 def close_window(k: Kernel, w: Window) -> None:
     """Stop the engine, wait for the budget thread, give back slots and
-    budget, unmap the host mapping (the object dies with it unless someone
-    else holds it).  Takes the kernel lock (not held on entry)."""
+    budget, unmap the host mapping.  If anything else holds the window's
+    object (a process mapping, a handle), the window's contents stay the
+    object's: resident pages are copied into frames (the budget they were
+    charged to pays for them) and swapped pages keep their slots; the
+    object dies with the host mapping otherwise.  Takes the kernel lock
+    (not held on entry)."""
     with k.gate:
         hw = w._hw
         if hw is None:
             return
-        w._hw = None
-        hw.close()  # the engine stops: window bytes read as zeros from now on
+        w._hw = None  # kernel accesses to the window get EBADF from now on
+        hw.detach()  # the budget thread's wait returns; host code is still served
         k.mem_cv.notify_all()  # its thread may wait for memory (_take)
         for stub in w._stubs.values():
             k.queues.dequeue(stub)
         w._stubs.clear()
     w._thread.join()
     with k.gate:
-        while w._busy:
+        while w._busy:  # pageouts the pagedaemon started: the engine writes them
             k.mem_cv.wait()
+        addr = getattr(w, "_host_addr", None)
+        others = w._obj.ref_count - (addr is not None)
+        kept: set[int] = set()
+        if others > 0 and not k.closed:
+            kept = _close_keeping(k, w, hw)
+        else:
+            hw.close()
         last = hw.stats()
         for name in COUNTERS:
             k.window_totals[name] += last[name]
         hw.destroy()
         swap = k.swap
         for s in w._slots:
-            swap.free(s)  # type: ignore[union-attr]
+            if s not in kept:
+                swap.free(s)  # type: ignore[union-attr]
         k.physmem.uncharge(w._budget << PAGE_SHIFT)
+        w._budget = 0
         if k.mem_waiters:
             k.mem_cv.notify_all()
         w._obj.window = None
         k.windows.remove(w)
         host = k.host
-        addr = getattr(w, "_host_addr", None)
     if addr is not None and host is not None and host.alive and not k.closed:
         host.munmap(addr, w._npages << PAGE_SHIFT)
+
+
+def _close_keeping(k: Kernel, w: Window, hw: hypercall.HostWindow) -> set[int]:
+    """Close the engine giving its contents to the object: each resident
+    page copied into a new page of the object (frames bought with the
+    window's budget, uncharged first: the engine never holds more resident
+    pages than its budget), each swapped page's slot and checksum handed
+    over.  Closes the engine; returns the slots kept.  Lock held."""
+    pm = k.physmem
+    pm.uncharge(w._budget << PAGE_SHIFT)
+    frames: list[int] = []
+    for _ in range(min(w._budget, w._npages)):
+        f = pm.alloc_frame(True)  # the uncharged budget makes room for each
+        if f is None:
+            break
+        frames.append(f)
+    w._budget = 0
+    saved = hw.close_save([pm.frame_location(f)[0] for f in frames])
+    if saved is None:  # fewer frames than pages (the host refused an arena): those bytes are gone
+        log.error("window %#x: no host memory to keep its resident pages at close", hw.addr)
+        saved = []
+    obj, first = w._obj, w._first
+    resv = Reservation()
+    for i, frame in zip(saved, frames):
+        resv.frames.append(frame)
+        page_alloc(k, obj, first + i, resv)  # dirty: no swap copy
+    for frame in frames[len(saved):]:
+        pm.free_frame(frame)
+    kept: set[int] = set()
+    if k.swap is not None:
+        states, sums = hw.states(), hw.sums()
+        for i, slot in enumerate(w._slots):
+            if states[2 * i] == SWAPPED and states[2 * i + 1]:
+                k.swap.sums[slot] = sums[i]
+                obj.swap[first + i] = slot
+                kept.add(slot)
+    return kept
 
 
 def _service(ref: weakref.ref[Window], hw: hypercall.HostWindow) -> None:

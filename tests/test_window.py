@@ -331,6 +331,70 @@ def test_close_with_pages_on_swap(k):
     k.check()
 
 
+# -- close keeps what others can see -------------------------------------------------------
+
+
+def test_close_hands_the_contents_to_a_process_that_maps_the_object(k):
+    """A window 4x the limit, written from numpy (most pages on swap, the
+    rest resident) and mapped MAP_SHARED by a process: after the close the
+    process reads every byte the window held — resident pages copied into
+    the object, swapped ones through the slots the window gave it — with
+    resident memory still under the limit and no slot left to the window."""
+    w = k.window(WIN)
+    p = k.spawn()
+    a = p.mmap(WIN, flags=rumpvm.MAP_SHARED, obj=w.obj)
+    arr = u64(w)
+    arr[:] = np.arange(len(arr), dtype=np.uint64) * 3 + 1
+    assert w.stats()["evictions"] > 0 and w.stats()["resident"] > 0
+    del arr
+    w.close()
+    k.check()
+    assert no_window_slots(k)
+    want = np.arange(WIN // 8, dtype=np.uint64) * 3 + 1
+    for off in range(0, WIN, 1 << 20):
+        got = np.frombuffer(p.read(a + off, 1 << 20), dtype=np.uint64)
+        assert np.array_equal(got, want[off // 8:(off + (1 << 20)) // 8]), f"MiB at {off:#x}"
+    assert k.stats()["resident"] <= k.memlimit
+    p.munmap(a, WIN)
+    k.check()
+
+
+def test_close_hands_the_contents_to_a_handle_holder(k):
+    """A window over part of an object the caller still holds (a handle,
+    no mapping): the bytes it wrote are there for a process that maps the
+    object after the close; pages it never touched stay zeros."""
+    obj = k.create_object(4 << 20)
+    w = k.window(2 << 20, obj=obj, offset=1 << 20)
+    w[:5] = b"first"
+    w[len(w) - 4:] = b"last"
+    w.close()
+    k.check()
+    p = k.spawn()
+    a = p.mmap(4 << 20, flags=rumpvm.MAP_SHARED, obj=obj)
+    k.detach_object(obj)
+    assert p.read(a + (1 << 20), 5) == b"first"
+    assert p.read(a + (3 << 20) - 4, 4) == b"last"
+    assert p.read(a, 1 << 20) == bytes(1 << 20)
+    assert p.read(a + (1 << 20) + PAGE, PAGE) == bytes(PAGE)
+    k.check()
+
+
+def test_close_keeps_the_contents_without_swap():
+    """No swap: every window page is resident (the budget is the whole
+    window); closing converts that budget into the object's frames, so the
+    memory charged does not grow."""
+    with rumpvm.Kernel(memlimit="8M") as k:
+        w = k.window(1 << 20)
+        p = k.spawn()
+        a = p.mmap(1 << 20, flags=rumpvm.MAP_SHARED, obj=w.obj)
+        w[:] = bytes(range(256)) * 4096
+        before = k.stats()["resident"]
+        w.close()
+        assert k.stats()["resident"] <= before
+        assert p.read(a, 1 << 20) == bytes(range(256)) * 4096
+        k.check()
+
+
 # -- permissions, bad input ---------------------------------------------------------------
 
 

@@ -147,6 +147,63 @@ def test_close_while_memoryview_threads_fault():
 
 
 @pytest.mark.timeout(60)
+def test_close_keeping_a_shared_object_while_threads_hold_the_gil_and_fault():
+    """The close that hands a window's pages to a process mapping its
+    object stops the engine while Python threads fault on the window with
+    the GIL held (memoryview reads) and a process reads the object: nobody
+    hangs, the process reads EBADF or the right bytes during the close and
+    only the right bytes after it."""
+    run_script("""
+        import errno, threading, faulthandler
+        import rumpvm
+        faulthandler.dump_traceback_later(14, exit=True)
+        k = rumpvm.Kernel(memlimit="8M", swap="64M")
+        size = 16 << 20
+        for rnd in range(8):
+            w = k.window(size)
+            p = k.spawn()
+            a = p.mmap(size, flags=rumpvm.MAP_SHARED, obj=w.obj)
+            for pg in range(0, size // 4096, 7):
+                w[pg * 4096:pg * 4096 + 8] = (pg + rnd).to_bytes(8, "little")
+            mv = memoryview(w)
+            stop = threading.Event()
+            bad = []
+            def toucher(t, mv=mv, stop=stop):
+                i = t * 4096 * 5
+                while not stop.is_set():
+                    mv[i % size]  # a fault with the GIL held
+                    i += 4096 * 11
+            def process_reader(p=p, a=a, stop=stop, rnd=rnd):
+                while not stop.is_set():
+                    try:
+                        got = p.read(a + 7 * 4096 * 3, 8)
+                    except rumpvm.VMError as e:
+                        if e.errno != errno.EBADF:
+                            bad.append(repr(e))
+                        continue
+                    if got != (21 + rnd).to_bytes(8, "little"):
+                        bad.append(got)
+            ts = [threading.Thread(target=toucher, args=(t,), daemon=True) for t in range(3)]
+            ts.append(threading.Thread(target=process_reader, daemon=True))
+            for t in ts:
+                t.start()
+            w.close()
+            stop.set()
+            for t in ts:
+                t.join(10)
+                assert not t.is_alive(), "a thread hung"
+            assert not bad, bad[:3]
+            for pg in range(0, size // 4096, 7):
+                assert p.read(a + pg * 4096, 8) == (pg + rnd).to_bytes(8, "little"), (rnd, pg)
+            mv.release()
+            p.exit()
+            k.check()
+        k.close()
+        print("OK")
+    """, timeout=30)
+
+
+@pytest.mark.timeout(60)
 def test_kernel_close_while_numpy_threads_fault():
     kern = rumpvm.Kernel(memlimit="8M", swap="64M")
     w = kern.window(4 * LIMIT)
