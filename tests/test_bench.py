@@ -18,7 +18,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = {"zero_fill", "readinto", "swap_roundtrip", "random_reads", "map_lookup_read", "map_lookup_bare",
         "stats_size", "zero_fill_size", "fork_exit", "mem_dd", "cat_maps"}
-DETAIL_KEYS = {"swap_write", "swap_read"}
+DETAIL_KEYS = {"swap_write", "swap_read", "swap_ceiling", "map_lookup_floor"}
 
 
 def run_bench(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
