@@ -508,15 +508,16 @@ class HostWindow:
         """Stop serving faults (the addresses then read zeros)."""
         lib.rv_win_close(self._w)
 
-    def close_save(self, frames: Sequence[int]) -> list[int] | None:
+    def close_save(self, frames: Sequence[int]) -> list[int]:
         """close(), after copying every present or parked page into the next
         of the page-sized buffers at `frames`; returns the page indices
-        copied, in order (the i-th went to frames[i]), or None, saving
-        nothing, if there were more than len(frames).  Saved pages keep no
-        slot; swapped pages keep theirs (states(), sums())."""
+        copied, in order (the i-th went to frames[i]).  Copied pages keep no
+        slot; pages beyond len(frames) are written to theirs (lost without
+        swap or on a write error: counted in stats()["errors"]); swapped
+        pages keep theirs (states(), sums())."""
         idx = ffi.new("uint32_t[]", max(1, len(frames)))
         n = lib.rv_win_close_save(self._w, frames, idx, len(frames))
-        return None if n < 0 else list(idx[0:n])
+        return list(idx[0:n])
 
     def sums(self) -> array[int]:
         """The checksum of each page's swap copy (valid where states() says so)."""

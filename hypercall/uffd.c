@@ -197,11 +197,19 @@ static int all_zero(const char *p, size_t len)
 
 /* Write a parked page's contents to its slot if they are not there (a
  * page that never reached swap and holds only zeros needs no copy). */
+static int write_out(rv_win *w, size_t i, const char *p);
+
 static int clean(rv_win *w, size_t i)
 {
     if (!w->dirty[i] && (w->valid[i] || w->st[i] != PARKED))
         return 0;
-    char *p = w->park + i * w->pgsz;
+    return write_out(w, i, w->park + i * w->pgsz);
+}
+
+/* Write page i's contents, at p, to its slot (a page of zeros that never
+ * reached swap needs none). */
+static int write_out(rv_win *w, size_t i, const char *p)
+{
     if (!w->valid[i] && all_zero(p, w->pgsz)) {
         w->dirty[i] = 0;
         return 0;
@@ -569,30 +577,35 @@ void rv_win_detach(rv_win *w)
 /* Close, saving first what only memory holds: each present or parked
  * page is copied into the next frame of dst (idx[k] = the page copied to
  * dst[k]) and becomes ABSENT with no slot copy, so a pageout racing the
- * close passes over it and the caller takes no slot for it.  Swapped
- * pages keep their slots (rv_win_states, rv_win_sums).  All of it with
- * the engine stopped and in one call: a thread holding the GIL that
- * touches the window meanwhile only waits for the release.  Returns the
- * pages saved, or -1 if more than ndst needed saving (nothing saved). */
+ * close passes over it and the caller takes no slot for it; past ndst
+ * frames, a page goes to its slot (SWAPPED), or is lost without swap or
+ * on a write error (counted in errors).  Swapped pages keep their slots
+ * (rv_win_states, rv_win_sums).  The engine is stopped and the window
+ * unregistered first, so a page the host discarded (MADV_DONTNEED) reads
+ * as the zeros it now holds instead of a fault nobody serves; all of it
+ * in one call, so a thread holding the GIL that touches the window
+ * meanwhile only waits for the release.  Returns the pages copied. */
 int64_t rv_win_close_save(rv_win *w, const uintptr_t *dst, uint32_t *idx, int64_t ndst)
 {
     int64_t n = 0;
     stop_engine(w);
+    struct uffdio_range all = {.start = (uintptr_t)w->base, .len = w->npages * w->pgsz};
+    if (ioctl(w->uffd, UFFDIO_UNREGISTER, &all) < 0)
+        w->stats[S_ERRORS]++;
     pthread_mutex_lock(&w->mu);
-    for (size_t i = 0; i < w->npages; i++)
-        n += w->st[i] == PRESENT || w->st[i] == PARKED;
-    if (n <= ndst) {
-        n = 0;
-        for (size_t i = 0; i < w->npages; i++) {
-            if (w->st[i] != PRESENT && w->st[i] != PARKED)
-                continue;
-            memcpy((char *)dst[n], (w->st[i] == PRESENT ? w->base : w->park) + i * w->pgsz, w->pgsz);
+    for (size_t i = 0; i < w->npages; i++) {
+        if (w->st[i] != PRESENT && w->st[i] != PARKED)
+            continue;
+        char *p = (w->st[i] == PRESENT ? w->base : w->park) + i * w->pgsz;
+        if (n < ndst) {
+            memcpy((char *)dst[n], p, w->pgsz);
             idx[n++] = (uint32_t)i;
-            w->st[i] = ABSENT;
+            w->valid[i] = 0;
+        } else if (w->dirty[i] && (w->swapfd < 0 || write_out(w, i, p) < 0)) {
+            w->stats[S_ERRORS]++;
             w->valid[i] = 0;
         }
-    } else {
-        n = -1;
+        w->st[i] = w->valid[i] ? SWAPPED : ABSENT;
     }
     pthread_mutex_unlock(&w->mu);
     release(w);
@@ -762,8 +775,9 @@ void rv_win_states(rv_win *w, uint8_t *out)
 /* Copy [off, off+len) of the window into dst without faulting anything
  * in (a peek: resident pages are read where they are, swapped ones from
  * their slot and checked, absent ones are zeros).  0, or -EIO for a bad
- * slot.  The caller's thread reads window pages only while mu keeps them
- * present. */
+ * slot.  A present page is read with mu dropped: if the host discarded it
+ * (MADV_DONTNEED), the read faults, and the engine, which needs mu, serves
+ * it (zeros, as the host would see). */
 int rv_win_peek(rv_win *w, size_t off, char *dst, size_t len)
 {
     int rc = 0;
@@ -771,7 +785,9 @@ int rv_win_peek(rv_win *w, size_t off, char *dst, size_t len)
     while (len > 0) {
         size_t i = off / w->pgsz, in = off % w->pgsz, n = w->pgsz - in < len ? w->pgsz - in : len;
         if (w->st[i] == PRESENT) {
+            pthread_mutex_unlock(&w->mu);
             memcpy(dst, w->base + off, n);
+            pthread_mutex_lock(&w->mu);
         } else if (w->st[i] == PARKED) {
             memcpy(dst, w->park + off, n);
         } else if (w->st[i] == SWAPPED) {

@@ -190,9 +190,9 @@ def check_kernel(k: Kernel) -> list[str]:
         if leaked:
             errs.append(f"object {o.id}: {len(leaked)} pages/slots nothing can reach, e.g. pindex {leaked[:5]}")
     for oid, o in k.objtab.items():
-        nrefs = refs[oid] + o.handles
+        nrefs = refs[oid] + o.handles + (o.window is not None)
         if o.ref_count != nrefs:
-            errs.append(f"object {oid}: ref_count {o.ref_count} != {nrefs} (entries+shadows+handles)")
+            errs.append(f"object {oid}: ref_count {o.ref_count} != {nrefs} (entries+shadows+handles+window)")
     npv = sum(len(p.pv) for o in k.objtab.values() for p in o.pages.values())
     if npv > len(pv_expected):
         errs.append(f"{npv} pv entries for {len(pv_expected)} translations")
@@ -279,19 +279,20 @@ def _window_errors(k: Kernel) -> list[str]:
     page or slot shadowing a window page (it would be a second copy)."""
     errs = []
     for w in k.windows:
-        hw = w._hw
-        if hw is None:
-            errs.append(f"{w!r}: closed but still listed")
-            continue
-        s = hw.stats()
-        if s["resident"] > s["budget"] or (s["budget"] != w._budget and not w._busy):
-            errs.append(f"{w!r}: engine resident {s['resident']} budget {s['budget']}, charged {w._budget}")
         o, lo, hi = w._obj, w._first, w._first + w._npages
         inside = [i for i in (*o.pages, *o.swap) if lo <= i < hi]
         if inside:
             errs.append(f"{w!r}: object {o.id} has rumpvm pages or slots in the window's range: {inside[:5]}")
         if o.window is not w:
             errs.append(f"{w!r}: object {o.id} does not point back at its window")
+        hw = w._hw
+        if hw is None:  # closing: its stubs left the queues when it was marked
+            if w._stubs:
+                errs.append(f"{w!r}: closing with {len(w._stubs)} stubs left")
+            continue
+        s = hw.stats()
+        if s["resident"] > s["budget"] or (s["budget"] != w._budget and not w._busy):
+            errs.append(f"{w!r}: engine resident {s['resident']} budget {s['budget']}, charged {w._budget}")
         for i, stub in w._stubs.items():
             if stub.obj is not o or stub.pindex != lo + i or stub.frame != -1 or not (stub.queue or w._busy):
                 errs.append(f"{w!r}: stub {stub} for page {i} is not a queued stub of the window's object")

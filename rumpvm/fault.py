@@ -20,10 +20,8 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
-import hypercall
-
 from . import object as vm_object
-from .constants import MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE
+from .constants import MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, PAGE_SHIFT, PROT_READ, PROT_WRITE
 from .errors import OutOfMemory, SegmentationFault, VMError
 from .map import growstack, stack_growth
 from .page import INACTIVE
@@ -40,7 +38,6 @@ if TYPE_CHECKING:
     from .window import Window
 
 
-_ZERO_PAGE = bytes(PAGE_SIZE)
 
 
 
@@ -52,12 +49,6 @@ class WindowPage(VMError):
     def __init__(self, window: Window, index: int) -> None:
         super().__init__(errno.EFAULT, f"page {index} of a host window: only reads and writes reach it")
         self.address = window.address + (index << PAGE_SHIFT)
-
-def zero_page(page: VMPage) -> None:
-    """Zero a new page through its frame's buffer: a cffi call (the GIL
-    released and retaken) costs more than the 4 KiB copy itself."""
-    page.buf[page.off:page.off + PAGE_SIZE] = _ZERO_PAGE
-
 
 class _Retry(Exception):
     """Internal: the fault slept; restart it."""
@@ -124,10 +115,9 @@ def vm_fault_fast(k: Kernel, vmap: VMMap, va: int) -> VMPage | None:
     pindex = (va - e.start + e.offset) >> PAGE_SHIFT
     if pindex in top.pages or pindex in top.swap:
         return None
-    page = page_alloc(k, top, pindex)
+    page = page_alloc(k, top, pindex, zero=True)
     if page is None:
         return None
-    zero_page(page)
     k.uvmexp.faults += 1
     k.uvmexp.zerofills += 1
     if e.prot & PROT_READ:  # a write-only entry gets no translation
@@ -152,8 +142,9 @@ def object_fault(k: Kernel, obj: VMObject, pindex: int) -> VMPage:
             deadline = memwait(k, deadline)
 
 
-def _alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None) -> VMPage:
-    page = page_alloc(k, obj, pindex, resv)
+def _alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None, *, zero: bool = False,
+           src: int = 0, busy: bool = False) -> VMPage:
+    page = page_alloc(k, obj, pindex, resv, zero=zero, src=src, busy=busy)
     if page is None:
         raise _NeedMemory
     return page
@@ -254,14 +245,12 @@ def fault_object(k: Kernel, top: VMObject, pindex: int, write: bool, alloc: bool
     if page is None:
         if not write and not alloc and not fill:
             return None
-        page = _alloc(k, top, pindex, resv)
-        zero_page(page)
+        page = _alloc(k, top, pindex, resv, zero=True)
         page.dirty = write or not fill
         k.uvmexp.zerofills += 1
     elif page.obj is not top and write:
         src = page
-        page = _alloc(k, top, pindex, resv)
-        hypercall.page_copy(page.addr, src.addr)
+        page = _alloc(k, top, pindex, resv, src=src.addr)
         # Other maps may read the old page through this object: they must
         # now see the copy, so drop every translation of the source.
         page_remove_all(src)
@@ -305,14 +294,10 @@ def fault_ahead(k: Kernel, vmap: VMMap, va: int, count: int, write: bool,
         if page is None:
             if budget <= 0 or slot is not None:
                 return
-            page = page_alloc(k, top, pindex)
+            page = page_alloc(k, top, pindex, zero=fresh is None or v >= covered, fresh=fresh)
             if page is None:
                 return
             budget -= 1
-            if v < covered and fresh is not None:
-                fresh.append(page)
-            else:
-                zero_page(page)
             k.uvmexp.zerofills += 1
         elif page.busy or page.fake or (write and o is not top):
             return
@@ -341,20 +326,18 @@ def pagein(k: Kernel, obj: VMObject, pindex: int, slot: int, advice: int = MADV_
     if ahead and resv is None and make_room(k, ahead + 1):
         raise _Retry  # reclaimed for the window: the lock may have been dropped
     obj.readahead = ahead
-    pages = [_alloc(k, obj, pindex, resv)]
+    pages = [_alloc(k, obj, pindex, resv, busy=True)]
     # Read ahead only into frames above the daemon's wake-up point.
     room = k.physmem.avail_pages() - k.pagedaemon.freemin - 1
     for n in range(1, min(ahead, room) + 1):
         pi = pindex + n
         if pi >= obj.size or obj.swap.get(pi) != slot + n or pi in obj.pages:
             break
-        page = page_alloc(k, obj, pi, queue=INACTIVE)  # unused read-ahead leaves first
+        page = page_alloc(k, obj, pi, queue=INACTIVE, busy=True)  # unused read-ahead leaves first
         if page is None:
             break
         pages.append(page)
     obj.last_pagein = pindex + len(pages) - 1
-    for page in pages:
-        page.busy = page.fake = True
     k.io_pages.update(pages)
     obj.pip += len(pages)
     err: VMError | None = None

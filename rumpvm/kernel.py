@@ -207,6 +207,7 @@ class Kernel:
         self._wired_limit = wired
         self._limit_changing = False  # a memlimit change is running (they are serialised)
         self.closed = False
+        self.closing = False  # close() has begun: windows closing now keep nothing
         self.mounts: list[Any] = []
         self.pooltab = {name: Pool(name, size, self.physmem)
                       for name, size in (("vm_map_entry", 128), ("vm_object", 256))}
@@ -241,6 +242,7 @@ class Kernel:
         VMError(ESHUTDOWN)) and wait for them to leave, stop the pagedaemon,
         then free all host memory and the swap file.  A second close is a
         no-op."""
+        self.closing = True
         for m in list(self.mounts):
             m.unmount()
         for w in list(self.windows):

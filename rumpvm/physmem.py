@@ -100,9 +100,11 @@ class PhysMem:
         off = (frame & ARENA_MASK) << PAGE_SHIFT
         return arena.addr + off, arena.buf, off
 
-    def alloc_frame(self, pagedaemon: bool = False) -> int | None:
-        """A frame, or None when the limit (or the host) says no."""
-        if self._limit is not None and self._frame_limit - self.frames_in_use <= (0 if pagedaemon else PDRESERVE_PAGES):
+    def alloc_frame(self, pagedaemon: bool = False, anyway: bool = False) -> int | None:
+        """A frame, or None when the limit (or the host) says no; `anyway`:
+        whatever the limit says (frames_for_charge)."""
+        if (self._limit is not None and not anyway
+                and self._frame_limit - self.frames_in_use <= (0 if pagedaemon else PDRESERVE_PAGES)):
             return None
         if not self.free_frames:
             try:
@@ -114,6 +116,20 @@ class PhysMem:
             self.free_frames.extend(range(base + ARENA_PAGES - 1, base - 1, -1))
         self.frames_in_use += 1
         return self.free_frames.pop()
+
+    def frames_for_charge(self, npages: int) -> list[int]:
+        """Turn `npages` pages of charged host memory into frames: uncharged,
+        then taken whatever the limit says now (it counted them already;
+        it may have been lowered since).  Fewer if the host refuses an
+        arena."""
+        self.uncharge(npages << PAGE_SHIFT)
+        frames = []
+        for _ in range(npages):
+            f = self.alloc_frame(anyway=True)
+            if f is None:
+                break
+            frames.append(f)
+        return frames
 
     def free_frame(self, frame: int) -> None:
         self.frames_in_use -= 1
@@ -155,11 +171,28 @@ def in_pagedaemon(k: Kernel) -> bool:
     return threading.get_ident() == k.pagedaemon.ident
 
 
-def page_alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None = None,
-               queue: int = ACTIVE) -> VMPage | None:
+_ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+def zero_page(page: VMPage) -> None:
+    """Zero a page through its frame's buffer: a cffi call (the GIL
+    released and retaken) costs more than the 4 KiB copy itself."""
+    page.buf[page.off:page.off + PAGE_SIZE] = _ZERO_PAGE
+
+
+def page_alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None = None, queue: int = ACTIVE, *,
+               zero: bool = False, src: int = 0, fresh: list[VMPage] | None = None,
+               busy: bool = False) -> VMPage | None:
     """A new page of `obj` at `pindex`, on `queue` (active), with a frame
     from `resv` if it has one; None when memory is short (the caller
-    waits with memwait and retries).  Lock held."""
+    waits with memwait and retries).  Before the page joins `obj` its
+    frame's old bytes are dealt with, so no exception (Ctrl-C) between
+    here and the caller's next step can show them: zeroed (`zero`), filled
+    from the page at host address `src`, listed in `fresh` (the caller
+    overwrites it whole, and zeros what is still listed if it cannot), or
+    made busy and fake (a page-in fills it); with none of these the frame
+    already holds the page's bytes (`resv` frames filled by the caller).
+    Lock held."""
     pm = k.physmem
     limited = pm._limit is not None
     if resv is not None and resv.frames:
@@ -171,6 +204,14 @@ def page_alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None =
     arena = pm.arenas[frame >> ARENA_SHIFT]
     off = (frame & ARENA_MASK) << PAGE_SHIFT
     page = VMPage(obj, pindex, frame, arena.addr + off, arena.buf, off)
+    if zero:
+        page.buf[off:off + PAGE_SIZE] = _ZERO_PAGE
+    elif src:
+        hypercall.page_copy(page.addr, src)
+    elif fresh is not None:
+        fresh.append(page)
+    elif busy:
+        page.busy = page.fake = True
     obj.pages[pindex] = page
     k.queues.enqueue(page, queue)
     pd = k.pagedaemon

@@ -325,6 +325,9 @@ class Proc:
             raise einval(f"bad inheritance {inh}")
         with self.kernel.gate:
             vmap = self._primed(entries=2, objects=2)
+            if inh == INHERIT_COPY and any(e.obj is not None and e.obj.window is not None
+                                           for e in vmap.entries_in(start, end)):
+                raise einval("a host window's object is shared only: no copy-on-write inheritance")
             vmap.set_inheritance(start, end, inh)
 
     def madvise(self, addr: int, length: int, advice: int) -> None:

@@ -26,9 +26,9 @@ import hypercall
 
 from .constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE
 from .errors import OutOfMemory, SegmentationFault
-from .fault import WindowPage, fault_ahead, object_fault, resolve, vm_fault, vm_fault_fast, zero_page
+from .fault import WindowPage, fault_ahead, object_fault, resolve, vm_fault, vm_fault_fast
 from .map import stack_growth
-from .physmem import make_room
+from .physmem import make_room, zero_page
 
 if TYPE_CHECKING:
     from .kernel import Kernel

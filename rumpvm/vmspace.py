@@ -22,8 +22,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import hypercall
-
 from . import object as vm_object
 from .constants import INHERIT_NONE, INHERIT_SHARE, PAGE_SHIFT, VM_MAXUSER_ADDRESS, VM_MIN_ADDRESS
 from .map import VMMap, VMMapEntry
@@ -61,9 +59,8 @@ def _copy_wired(k: Kernel, old: VMMap, d: VMMapEntry, resv: Reservation) -> None
     for i, vpn in enumerate(range(d.start >> PAGE_SHIFT, d.end >> PAGE_SHIFT)):
         src = old.wired.get(vpn)
         if src is not None:
-            page = page_alloc(k, d.obj, i, resv)
+            page = page_alloc(k, d.obj, i, resv, src=src.addr)
             assert page is not None, "fork: wired copy beyond its reservation"
-            hypercall.page_copy(page.addr, src.addr)
 
 
 def vmspace_fork(k: Kernel, old: VMMap, name: str, resv: Reservation) -> Vmspace:

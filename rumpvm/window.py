@@ -41,6 +41,10 @@ by the engine like any host access); peeks (`object_peek`, /vm mem) read
 without faulting anything in.  Such objects can be mapped MAP_SHARED only,
 and cannot be wired.
 
+Close: the window's pages leave with it, unless something else holds its
+object (a process mapping, a handle): then the resident ones are copied
+into the object and the swapped ones' slots handed to it (close_window).
+
 Lock: the kernel lock for the bookkeeping here; the engine has its own
 mutex and never takes the kernel lock or the GIL, so holding the kernel
 lock while touching window memory is safe.
@@ -58,7 +62,8 @@ from typing import TYPE_CHECKING, cast
 
 import hypercall
 
-from .constants import MAP_SHARED, PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE
+from . import object as vm_object
+from .constants import INHERIT_COPY, MAP_SHARED, PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE
 from .errors import VMError
 from .page import ACTIVE, INACTIVE, VMPage
 from .physmem import Reservation, memwait, page_alloc, pageable_again
@@ -96,6 +101,7 @@ class Window(mmap.mmap):
     _budget: int  # frames charged for the engine (its budget)
     _busy: int  # stubs the pagedaemon holds for eviction (`hold`)
     _stubs: dict[int, VMPage]  # a stub on the page queues per resident page (by window index)
+    _done: threading.Event  # set when a close has finished
 
     def _live(self) -> hypercall.HostWindow:
         hw = self._hw
@@ -119,8 +125,9 @@ class Window(mmap.mmap):
     def close(self) -> None:
         """Stop serving faults, give back the window's slots and budget; the
         mapping goes when no view of it is left.  A second close (or one
-        after the kernel's) is a no-op.  Takes the kernel lock."""
-        if self._hw is not None:
+        after the kernel's) is a no-op; one racing another returns when
+        that one is done.  Takes the kernel lock."""
+        if not self._done.is_set():
             close_window(self._k, self)
         try:
             super().close()
@@ -190,7 +197,9 @@ def open_window(k: Kernel, length: int, obj: VMObject | None, offset: int) -> Wi
             hw, slots, budget = _start_engine(k, _address(w), npages)
             w._k, w._hw, w._obj, w._first, w._npages = k, hw, obj, first, npages
             w._slots, w._budget, w._busy, w._stubs = slots, budget, 0, {}
+            w._done = threading.Event()
             obj.window = w
+            obj.ref_count += 1  # the window's own reference: the object outlives the host mapping
             k.windows.append(w)
         w._thread = threading.Thread(target=_service, args=(weakref.ref(w), hw), name="window-budget", daemon=True)
         w._thread.start()
@@ -216,8 +225,9 @@ def _check_object(k: Kernel, obj: VMObject, first: int, npages: int) -> None:
         raise VMError(errno.EINVAL, f"object {obj.id} is not a live anonymous object of this kernel")
     if obj.window is not None:
         raise VMError(errno.EBUSY, f"object {obj.id} already backs a window")
-    if obj.shadows or any(not e.shared for e in obj.mappings):
-        raise VMError(errno.EBUSY, f"object {obj.id} is mapped MAP_PRIVATE (a window's object is shared only)")
+    if obj.shadows or any(not e.shared or e.inheritance == INHERIT_COPY for e in obj.mappings):
+        raise VMError(errno.EBUSY, f"object {obj.id} is mapped MAP_PRIVATE or inherited by copy "
+                                   "(a window's object is shared only)")
     if first + npages > obj.size:
         raise VMError(errno.EINVAL, f"window pages {first}..{first + npages} beyond object {obj.id}'s "
                                     f"{obj.size} pages")
@@ -288,26 +298,40 @@ def close_window(k: Kernel, w: Window) -> None:
     object (a process mapping, a handle), the window's contents stay the
     object's: resident pages are copied into frames (the budget they were
     charged to pays for them) and swapped pages keep their slots; the
-    object dies with the host mapping otherwise.  Takes the kernel lock
-    (not held on entry)."""
-    with k.gate:
+    object dies with the host mapping otherwise.  A close that finds
+    another under way returns when that one is done.  Takes the kernel
+    lock (not held on entry) — the lock, not the gate: a close begun must
+    finish while the kernel closes (it waits for this one, in
+    Kernel.close)."""
+    with k.lock:
         hw = w._hw
-        if hw is None:
-            return
-        w._hw = None  # kernel accesses to the window get EBADF from now on
-        hw.detach()  # the budget thread's wait returns; host code is still served
-        k.mem_cv.notify_all()  # its thread may wait for memory (_take)
-        for stub in w._stubs.values():
-            k.queues.dequeue(stub)
-        w._stubs.clear()
+        if hw is not None:
+            w._hw = None  # kernel accesses to the window get EBADF from now on
+            hw.detach()  # the budget thread's wait returns; host code is still served
+            k.mem_cv.notify_all()  # its thread may wait for memory (_take)
+            for stub in w._stubs.values():
+                k.queues.dequeue(stub)
+            w._stubs.clear()
+    if hw is None:
+        w._done.wait()
+        return
+    try:
+        _finish_close(k, w, hw)
+    finally:
+        w._done.set()
+
+
+def _finish_close(k: Kernel, w: Window, hw: hypercall.HostWindow) -> None:
+    """The rest of close_window, once the window is marked closed."""
     w._thread.join()
-    with k.gate:
+    obj = w._obj
+    with k.lock:
         while w._busy:  # pageouts the pagedaemon started: the engine writes them
             k.mem_cv.wait()
         addr = getattr(w, "_host_addr", None)
-        others = w._obj.ref_count - (addr is not None)
+        host = k.host
         kept: set[int] = set()
-        if others > 0 and not k.closed:
+        if not k.closing and obj.ref_count > 1 + _host_refs(w, host, addr):
             kept = _close_keeping(k, w, hw)
         else:
             hw.close()
@@ -323,39 +347,44 @@ def close_window(k: Kernel, w: Window) -> None:
         w._budget = 0
         if k.mem_waiters:
             k.mem_cv.notify_all()
-        w._obj.window = None
+        obj.window = None
         k.windows.remove(w)
-        host = k.host
+        vm_object.deallocate(k, obj)  # the window's reference
+        if obj.ref_count > 0:  # what nothing else reaches of the window's range goes now
+            vm_object.release(k, obj, w._first, w._first + w._npages)
     if addr is not None and host is not None and host.alive and not k.closed:
         host.munmap(addr, w._npages << PAGE_SHIFT)
+
+
+def _host_refs(w: Window, host: Proc | None, addr: int | None) -> int:
+    """The references the host process's mapping of the window holds on its
+    object: none once that mapping went (munmap, or the process exited)."""
+    if host is None or addr is None or not host.alive:
+        return 0
+    end = addr + (w._npages << PAGE_SHIFT)
+    return sum(1 for e in host.vmspace.entries_in(addr, end) if e.obj is w._obj)
 
 
 def _close_keeping(k: Kernel, w: Window, hw: hypercall.HostWindow) -> set[int]:
     """Close the engine giving its contents to the object: each resident
     page copied into a new page of the object (frames bought with the
-    window's budget, uncharged first: the engine never holds more resident
-    pages than its budget), each swapped page's slot and checksum handed
-    over.  Closes the engine; returns the slots kept.  Lock held."""
-    pm = k.physmem
-    pm.uncharge(w._budget << PAGE_SHIFT)
-    frames: list[int] = []
-    for _ in range(min(w._budget, w._npages)):
-        f = pm.alloc_frame(True)  # the uncharged budget makes room for each
-        if f is None:
-            break
-        frames.append(f)
+    window's budget: the engine never holds more resident pages than its
+    budget; a page past the frames the host gave goes to its slot), each
+    swapped page's slot and checksum handed over.  Returns the slots kept.
+    Lock held."""
+    frames = k.physmem.frames_for_charge(min(w._budget, w._npages))
     w._budget = 0
-    saved = hw.close_save([pm.frame_location(f)[0] for f in frames])
-    if saved is None:  # fewer frames than pages (the host refused an arena): those bytes are gone
-        log.error("window %#x: no host memory to keep its resident pages at close", hw.addr)
-        saved = []
+    errors = hw.stats()["errors"]
+    saved = hw.close_save([k.physmem.frame_location(f)[0] for f in frames])
+    if hw.stats()["errors"] > errors:
+        log.error("window %#x: some resident pages could not be kept at close (no frame and no slot)", hw.addr)
     obj, first = w._obj, w._first
     resv = Reservation()
     for i, frame in zip(saved, frames):
         resv.frames.append(frame)
         page_alloc(k, obj, first + i, resv)  # dirty: no swap copy
     for frame in frames[len(saved):]:
-        pm.free_frame(frame)
+        k.physmem.free_frame(frame)
     kept: set[int] = set()
     if k.swap is not None:
         states, sums = hw.states(), hw.sums()
