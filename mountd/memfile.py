@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 import pyfuse3
 
 from rumpvm.constants import VM_MAXUSER_ADDRESS
-from rumpvm.errors import OutOfMemory, SegmentationFault, VMError
+from rumpvm.errors import SegmentationFault, VMError
 
 from .tree import Kind, Node
 
@@ -94,7 +94,7 @@ def write(kernel: Kernel, node: Node, off: int, data: bytes) -> int:
         else:
             kernel.object_write(node.id, off, data)
     except VMError as err:
-        written = err.written if isinstance(err, (OutOfMemory, SegmentationFault)) else None
+        written = err.written
         if written:
             return int(written)  # a short write: what made it before memory ran out
         raise _translate(node, err) from None

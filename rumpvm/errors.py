@@ -11,7 +11,14 @@ import os
 
 
 class VMError(OSError):
-    """A VM call failed; `errno` says why (see the errno table in README)."""
+    """A VM call failed; `errno` says why (see the errno table in README).
+
+    `written`: for an error raised part-way through a multi-page write or
+    readinto (out of memory, a map that changed while it slept, a swap
+    read error, a window closing), the bytes copied from its start (a
+    short write); None when nothing was attempted or for other calls."""
+
+    written: int | None = None
 
     def __init__(self, err: int, message: str | None = None) -> None:
         super().__init__(err, message or os.strerror(err))

@@ -505,7 +505,7 @@ class Kernel:
     def object_write(self, oid: int, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write into an object through the VM: pages become resident and
         dirty; copy-on-write below it is honoured (pages of backing objects
-        are copied up first).  EFBIG past its end; OutOfMemory part-way
+        are copied up first).  EFBIG past its end; an error part-way
         carries `.written`."""
         if isinstance(offset, bool) or not isinstance(offset, int):
             raise TypeError("offset must be int")

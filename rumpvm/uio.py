@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import hypercall
 
 from .constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE
-from .errors import OutOfMemory, SegmentationFault
+from .errors import OutOfMemory, SegmentationFault, VMError
 from .fault import WindowPage, fault_ahead, object_fault, resolve, vm_fault, vm_fault_fast
 from .map import stack_growth
 from .physmem import make_room, zero_page
@@ -133,29 +133,29 @@ def vm_read(k: Kernel, vmap: VMMap, addr: int, length: int) -> bytes:
         raise OutOfMemory(f"no host memory for a {length}-byte read") from None
     try:
         _copy_out(k, vmap, addr, out)
-    except (OutOfMemory, SegmentationFault) as e:
+    except VMError as e:
         e.written = None  # nothing was returned: no short read to report
         raise
     return out
 
 
 def vm_readinto(k: Kernel, vmap: VMMap, addr: int, dst: memoryview | bytearray) -> None:
-    """Copy [addr, addr+len(dst)) into the byte buffer `dst`; OutOfMemory
-    part-way (a page-in found no frame) carries `.written`, the bytes
-    copied from the start."""
+    """Copy [addr, addr+len(dst)) into the byte buffer `dst`; an error
+    part-way (a page-in found no frame or failed) carries `.written`, the
+    bytes copied from the start."""
     check_access(vmap, addr, len(dst), PROT_READ)
     _copy_out(k, vmap, addr, dst)
 
 
 def _copy_out(k: Kernel, vmap: VMMap, addr: int, dst: memoryview | bytearray | bytes) -> None:
-    """Copy the checked range into `dst`, one C call per run of pages;
-    OutOfMemory part-way carries the bytes copied in `.written`."""
+    """Copy the checked range into `dst`, one C call per run of pages; an
+    error part-way carries the bytes copied in `.written`."""
     done = 0
     try:
         for addrs, off, pos, n in _runs(k, vmap, addr, len(dst), False):
             hypercall.copy_out(dst, pos, addrs, off, n)
             done = pos + n
-    except (OutOfMemory, SegmentationFault) as e:  # a fault slept and the map changed meanwhile
+    except VMError as e:  # out of memory, or a fault slept and the map changed meanwhile
         e.written = done
         raise
 
@@ -173,7 +173,7 @@ def vm_write(k: Kernel, vmap: VMMap, addr: int, data: bytes | bytearray | memory
             hypercall.copy_in(src, pos, addrs, off, n)
             fresh.clear()
             done = pos + n
-    except (OutOfMemory, SegmentationFault) as e:  # a fault slept and the map changed meanwhile
+    except VMError as e:  # out of memory, or a fault slept and the map changed meanwhile
         e.written = done
         raise
     finally:
@@ -214,7 +214,7 @@ def vm_replay(k: Kernel, vmap: VMMap, base: int, accesses: Iterable[int]) -> Non
 def object_write(k: Kernel, obj: VMObject, offset: int, src: memoryview) -> None:
     """Write `src` into `obj` at byte `offset` (within its size), page by
     page through the object fault path; the caller holds a reference on
-    `obj` so it outlives any sleep.  OutOfMemory carries `.written`."""
+    `obj` so it outlives any sleep.  An error part-way carries `.written`."""
     done = 0
     try:
         while done < len(src):
@@ -229,6 +229,6 @@ def object_write(k: Kernel, obj: VMObject, offset: int, src: memoryview) -> None
                 page.buf[page.off + off:page.off + off + n] = src[done:done + n]
                 page.dirty = page.referenced = True
             done += n
-    except OutOfMemory as e:
+    except VMError as e:
         e.written = done
         raise

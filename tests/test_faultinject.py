@@ -356,6 +356,30 @@ def test_failed_swap_reads_are_eio_and_the_slot_stays(point):
         assert bad_pages(p, a, n, 3) == []
 
 
+def test_a_swap_read_error_part_way_through_readinto_reports_what_was_copied():
+    """readinto over a resident page then a swapped one whose read fails:
+    EIO with `.written` = the first page, which is in the buffer; the rest
+    of the buffer is untouched (a short read, as the README promises)."""
+    with boot(memlimit="2M", swap="16M") as k:
+        p = k.spawn()
+        n = 64
+        a = p.mmap(n * PAGE_SIZE)
+        fill(p, a, n, 3)
+        push_to_swap(k, p, a, n)
+        p.madvise(a, n * PAGE_SIZE, rumpvm.MADV_RANDOM)  # no read-ahead: page 11 stays on swap
+        assert p.read(a + 10 * PAGE_SIZE, PAGE_SIZE) == pattern(3, 10)
+        buf = bytearray(b"\xee" * (2 * PAGE_SIZE))
+        with hypercall.inject("swap_read", count=1), pytest.raises(VMError) as ei:
+            p.readinto(a + 10 * PAGE_SIZE, buf)
+        assert ei.value.errno == errno.EIO
+        assert ei.value.written == PAGE_SIZE
+        assert buf[:PAGE_SIZE] == pattern(3, 10) and buf[PAGE_SIZE:] == b"\xee" * PAGE_SIZE
+        with hypercall.inject("swap_read", count=1), pytest.raises(VMError) as ei:
+            p.read(a + 20 * PAGE_SIZE, 2 * PAGE_SIZE)
+        assert ei.value.errno == errno.EIO and ei.value.written is None  # a read returns nothing: no count
+        k.check()
+
+
 # -- slow swap I/O -----------------------------------------------------------------------------
 
 
