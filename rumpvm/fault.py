@@ -24,8 +24,18 @@ from . import object as vm_object
 from .constants import MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, PAGE_SHIFT, PROT_READ, PROT_WRITE
 from .errors import OutOfMemory, SegmentationFault, VMError
 from .map import growstack, stack_growth
-from .page import INACTIVE
-from .physmem import in_pagedaemon, make_room, memwait, page_alloc, page_free, pageable_again, pool_room, swap_free
+from .page import ACTIVE, INACTIVE
+from .physmem import (
+    BUSY,
+    in_pagedaemon,
+    make_room,
+    memwait,
+    page_alloc,
+    page_free,
+    pageable_again,
+    pool_room,
+    swap_free,
+)
 from .pmap import page_remove_all
 from .window import window_range
 
@@ -115,7 +125,7 @@ def vm_fault_fast(k: Kernel, vmap: VMMap, va: int) -> VMPage | None:
     pindex = (va - e.start + e.offset) >> PAGE_SHIFT
     if pindex in top.pages or pindex in top.swap:
         return None
-    page = page_alloc(k, top, pindex, zero=True)
+    page = page_alloc(k, top, pindex)
     if page is None:
         return None
     k.uvmexp.faults += 1
@@ -142,9 +152,9 @@ def object_fault(k: Kernel, obj: VMObject, pindex: int) -> VMPage:
             deadline = memwait(k, deadline)
 
 
-def _alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None, *, zero: bool = False,
-           src: int = 0, busy: bool = False) -> VMPage:
-    page = page_alloc(k, obj, pindex, resv, zero=zero, src=src, busy=busy)
+def _alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None,
+           init: int | None = None) -> VMPage:
+    page = page_alloc(k, obj, pindex, resv, ACTIVE, init)
     if page is None:
         raise _NeedMemory
     return page
@@ -245,12 +255,12 @@ def fault_object(k: Kernel, top: VMObject, pindex: int, write: bool, alloc: bool
     if page is None:
         if not write and not alloc and not fill:
             return None
-        page = _alloc(k, top, pindex, resv, zero=True)
+        page = _alloc(k, top, pindex, resv)
         page.dirty = write or not fill
         k.uvmexp.zerofills += 1
     elif page.obj is not top and write:
         src = page
-        page = _alloc(k, top, pindex, resv, src=src.addr)
+        page = _alloc(k, top, pindex, resv, src.addr)
         # Other maps may read the old page through this object: they must
         # now see the copy, so drop every translation of the source.
         page_remove_all(src)
@@ -294,7 +304,7 @@ def fault_ahead(k: Kernel, vmap: VMMap, va: int, count: int, write: bool,
         if page is None:
             if budget <= 0 or slot is not None:
                 return
-            page = page_alloc(k, top, pindex, zero=fresh is None or v >= covered, fresh=fresh)
+            page = page_alloc(k, top, pindex, None, ACTIVE, fresh if v < covered else None)
             if page is None:
                 return
             budget -= 1
@@ -326,14 +336,14 @@ def pagein(k: Kernel, obj: VMObject, pindex: int, slot: int, advice: int = MADV_
     if ahead and resv is None and make_room(k, ahead + 1):
         raise _Retry  # reclaimed for the window: the lock may have been dropped
     obj.readahead = ahead
-    pages = [_alloc(k, obj, pindex, resv, busy=True)]
+    pages = [_alloc(k, obj, pindex, resv, BUSY)]
     # Read ahead only into frames above the daemon's wake-up point.
     room = k.physmem.avail_pages() - k.pagedaemon.freemin - 1
     for n in range(1, min(ahead, room) + 1):
         pi = pindex + n
         if pi >= obj.size or obj.swap.get(pi) != slot + n or pi in obj.pages:
             break
-        page = page_alloc(k, obj, pi, queue=INACTIVE, busy=True)  # unused read-ahead leaves first
+        page = page_alloc(k, obj, pi, None, INACTIVE, BUSY)  # unused read-ahead leaves first
         if page is None:
             break
         pages.append(page)

@@ -180,19 +180,23 @@ def zero_page(page: VMPage) -> None:
     page.buf[page.off:page.off + PAGE_SIZE] = _ZERO_PAGE
 
 
-def page_alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None = None, queue: int = ACTIVE, *,
-               zero: bool = False, src: int = 0, fresh: list[VMPage] | None = None,
-               busy: bool = False) -> VMPage | None:
+KEEP = 0  # page_alloc init: the frame already holds the page's bytes (a reservation the caller filled)
+BUSY = -1  # page_alloc init: busy and fake, a page-in fills it
+
+
+def page_alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None = None, queue: int = ACTIVE,
+               init: int | list[VMPage] | None = None) -> VMPage | None:
     """A new page of `obj` at `pindex`, on `queue` (active), with a frame
     from `resv` if it has one; None when memory is short (the caller
-    waits with memwait and retries).  Before the page joins `obj` its
-    frame's old bytes are dealt with, so no exception (Ctrl-C) between
-    here and the caller's next step can show them: zeroed (`zero`), filled
-    from the page at host address `src`, listed in `fresh` (the caller
-    overwrites it whole, and zeros what is still listed if it cannot), or
-    made busy and fake (a page-in fills it); with none of these the frame
-    already holds the page's bytes (`resv` frames filled by the caller).
-    Lock held."""
+    waits with memwait and retries).  Before the page joins `obj`, `init`
+    deals with the frame's old bytes, so no exception (Ctrl-C) between
+    here and the caller's next step can show them: None zero-fills it; a
+    host address fills it from the page there; a list (the caller's
+    `fresh` list: it overwrites the page whole, and zeros what is still
+    listed if it cannot) takes it; BUSY makes it busy and fake (a page-in
+    fills it); KEEP leaves it (the caller filled the frame).  One argument,
+    not flags: keyword and keyword-only defaults cost the hot path.  Lock
+    held."""
     pm = k.physmem
     limited = pm._limit is not None
     if resv is not None and resv.frames:
@@ -204,13 +208,13 @@ def page_alloc(k: Kernel, obj: VMObject, pindex: int, resv: Reservation | None =
     arena = pm.arenas[frame >> ARENA_SHIFT]
     off = (frame & ARENA_MASK) << PAGE_SHIFT
     page = VMPage(obj, pindex, frame, arena.addr + off, arena.buf, off)
-    if zero:
+    if init is None:
         page.buf[off:off + PAGE_SIZE] = _ZERO_PAGE
-    elif src:
-        hypercall.page_copy(page.addr, src)
-    elif fresh is not None:
-        fresh.append(page)
-    elif busy:
+    elif isinstance(init, list):
+        init.append(page)
+    elif init > 0:
+        hypercall.page_copy(page.addr, init)
+    elif init == BUSY:
         page.busy = page.fake = True
     obj.pages[pindex] = page
     k.queues.enqueue(page, queue)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from . import object as vm_object
 from .constants import INHERIT_NONE, INHERIT_SHARE, PAGE_SHIFT, VM_MAXUSER_ADDRESS, VM_MIN_ADDRESS
 from .map import VMMap, VMMapEntry
+from .page import ACTIVE
 from .physmem import page_alloc
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def _copy_wired(k: Kernel, old: VMMap, d: VMMapEntry, resv: Reservation) -> None
     for i, vpn in enumerate(range(d.start >> PAGE_SHIFT, d.end >> PAGE_SHIFT)):
         src = old.wired.get(vpn)
         if src is not None:
-            page = page_alloc(k, d.obj, i, resv, src=src.addr)
+            page = page_alloc(k, d.obj, i, resv, ACTIVE, src.addr)
             assert page is not None, "fork: wired copy beyond its reservation"
 
 

@@ -66,7 +66,7 @@ from . import object as vm_object
 from .constants import INHERIT_COPY, MAP_SHARED, PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE
 from .errors import VMError
 from .page import ACTIVE, INACTIVE, VMPage
-from .physmem import Reservation, memwait, page_alloc, pageable_again
+from .physmem import KEEP, Reservation, memwait, page_alloc, pageable_again
 
 PRESENT, PARKED, SWAPPED = (hypercall.WINDOW_STATES.index(name) for name in ("present", "parked", "swapped"))
 
@@ -382,7 +382,7 @@ def _close_keeping(k: Kernel, w: Window, hw: hypercall.HostWindow) -> set[int]:
     resv = Reservation()
     for i, frame in zip(saved, frames):
         resv.frames.append(frame)
-        page_alloc(k, obj, first + i, resv)  # dirty: no swap copy
+        page_alloc(k, obj, first + i, resv, ACTIVE, KEEP)  # dirty: no swap copy
     for frame in frames[len(saved):]:
         k.physmem.free_frame(frame)
     kept: set[int] = set()
