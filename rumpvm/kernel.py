@@ -436,6 +436,8 @@ class Kernel:
             return sorted(self.proctab.values(), key=lambda p: p.pid)
 
     def proc(self, pid: int) -> Proc:
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            raise TypeError(f"pid must be int, not {type(pid).__name__}")
         with self.gate:
             p = self.proctab.get(pid)
         if p is None:

@@ -53,7 +53,7 @@ from .constants import (
     VM_MAXUSER_ADDRESS,
     VM_MIN_ADDRESS,
 )
-from .errors import OutOfMemory, VMError, einval
+from .errors import OutOfMemory, SegmentationFault, VMError, einval
 from .fault import WindowPage, vm_fault, vm_fault_fast
 from .inspect import MapEntry, ProcStatus, SmapsInfo, entry_record, peek_map, smaps_record, status_record
 from .map import SGROWSIZ, STACK_NAME, VMMap, VMMapEntry, stack_range_free
@@ -95,6 +95,15 @@ def _range(addr: object, length: object) -> tuple[int, int]:
     if a < VM_MIN_ADDRESS or end > VM_MAXUSER_ADDRESS:
         raise einval(f"range {a:#x}+{n:#x} is outside the user address space")
     return a, end
+
+
+def _io_range(addr: object, length: object) -> tuple[int, int]:
+    """vslock's range: any byte address; the pages [addr, addr+length) touches."""
+    a = _int("addr", addr)
+    n = _int("length", length)
+    if n <= 0:
+        raise einval(f"length {n} must be positive")
+    return _range(a & ~PAGE_MASK, n + (a & PAGE_MASK))
 
 
 def _prot(prot: object) -> tuple[int, int | None]:
@@ -150,6 +159,7 @@ class Proc:
         if self.swapped:
             pool_prime(k, entries=2)
             swapper.swapin(k, self)
+            k.check_open()  # a kernel close ended the swap-in: ESHUTDOWN, not ESRCH
             if not self.alive:
                 raise VMError(errno.ESRCH, f"process {self.pid} has exited")
         vm = self.vmspace
@@ -338,7 +348,10 @@ class Proc:
             raise einval(f"bad advice {adv}")
         with self.kernel.gate:
             vmap = self._primed(entries=2, objects=2)
-            vmap.madvise(start, end, adv)
+            try:
+                vmap.madvise(start, end, adv)
+            except SegmentationFault:  # WILLNEED slept and the range was unmapped or protected meanwhile
+                raise VMError(errno.ENOMEM, f"range {start:#x}-{end:#x} changed while paging in") from None
 
     def mlock(self, addr: int, length: int) -> None:
         """Wire the range: all or nothing.  ENOMEM past the wired limit or
@@ -351,7 +364,10 @@ class Proc:
             self._check_wiring(self._live(), start, end)  # fail fast, before any reservation
             with reserve(k, 0) as resv:
                 vmap = self._reserve_wiring(resv, start, end)
-                vmap.wire(start, end, resv)
+                try:
+                    vmap.wire(start, end, resv)
+                except SegmentationFault:  # a page-in slept and the range was unmapped or protected meanwhile
+                    raise VMError(errno.ENOMEM, f"range {start:#x}-{end:#x} changed while being wired") from None
 
     def _reserve_wiring(self, resv: Reservation, start: int, end: int, limits: bool = True) -> Vmspace:
         """Grow `resv` to the frames wiring [start, end) needs and prime the
@@ -628,7 +644,8 @@ class Proc:
                 bos = a
             else:
                 top_hint = VM_MAXUSER_ADDRESS - n
-                found = top_hint if stack_range_free(vmap, top_hint, VM_MAXUSER_ADDRESS) else None
+                found = (top_hint if top_hint >= VM_MIN_ADDRESS and stack_range_free(vmap, top_hint, VM_MAXUSER_ADDRESS)
+                         else None)
                 if found is None:
                     found = vmap.find_space(VM_MIN_ADDRESS, n)
                 if found is None:
@@ -661,8 +678,7 @@ class Proc:
         """uvm_vslock: fault in and wire a range for I/O (all or nothing; not
         charged to RLIMIT_MEMLOCK).  SegmentationFault where `prot` is not
         allowed; undo with vsunlock."""
-        start, end = _range(addr & ~PAGE_MASK if isinstance(addr, int) and not isinstance(addr, bool) else addr,
-                            length)
+        start, end = _io_range(addr, length)
         pr = _int("prot", prot)
         if pr < 0 or pr & ~PROT_ALL:
             raise einval(f"bad protection {pr:#x}")
@@ -677,7 +693,8 @@ class Proc:
 
     def vsunlock(self, addr: int, length: int) -> None:
         """uvm_vsunlock: unwire what vslock wired."""
-        self.munlock(addr & ~PAGE_MASK if isinstance(addr, int) and not isinstance(addr, bool) else addr, length)
+        start, end = _io_range(addr, length)
+        self.munlock(start, end - start)
 
     def coredump_segments(self) -> list[coredump.CoreSegment]:
         """uvm_coredump_walkmap (see coredump.walk): one segment per entry,
@@ -736,8 +753,11 @@ def uarea_alloc(k: Kernel) -> int:
 
 
 def uarea_free(k: Kernel, addr: int) -> None:
-    """uvm_uarea_free: keep up to UAREA_CACHE, free the rest."""
-    if len(k.uarea_cache) < UAREA_CACHE:
+    """uvm_uarea_free: keep up to UAREA_CACHE, free the rest, and any that
+    is no longer read-write (chgkprot changed it: the next process would
+    inherit that)."""
+    intact = all(e.prot == PROT_READ | PROT_WRITE for e in k.kmem_map.entries_in(addr, addr + USPACE))
+    if intact and len(k.uarea_cache) < UAREA_CACHE:
         k.uarea_cache.append(addr)
     else:
         k.kmem_map.delete(addr, addr + USPACE)
@@ -812,7 +832,8 @@ def proc_exit(k: Kernel, p: Proc) -> None:
     if p.swapped:  # its u-area is pageable: never cache it for a new process
         p.swapped = False
         k.nswapped -= 1
-        k.kmem_map.delete(p.uarea, p.uarea + USPACE)
+        if not p.swapping_in:  # else the sleeping swap-in frees it when it wakes: no reuse meanwhile
+            k.kmem_map.delete(p.uarea, p.uarea + USPACE)
     else:
         uarea_free(k, p.uarea)
     del k.proctab[p.pid]

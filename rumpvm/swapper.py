@@ -84,7 +84,8 @@ def swapin(k: Kernel, p: Proc, nowait: bool = False) -> bool:
     try:
         k.kmem_map.wire(p.uarea, p.uarea + USPACE, nowait=nowait)
     except VMError:
-        if not p.alive:  # it exited (its u-area freed) while the swap-in slept
+        if not p.alive:  # it exited while the swap-in slept, leaving its u-area to us
+            k.kmem_map.delete(p.uarea, p.uarea + USPACE)
             return False
         if nowait:
             return False
@@ -92,6 +93,9 @@ def swapin(k: Kernel, p: Proc, nowait: bool = False) -> bool:
     finally:
         p.swapping_in = False
         k.page_cv.notify_all()
+    if not p.alive:  # it exited while its u-area paged in, leaving the u-area to us
+        k.kmem_map.delete(p.uarea, p.uarea + USPACE)
+        return False
     p.swapped = False
     p.resident_since = time.monotonic()
     k.nswapped -= 1
