@@ -268,7 +268,7 @@ class Proc:
             vmap = self._primed(entries=3, objects=3)
             if obj is not None and obj.dead:  # its last reference went while we slept
                 raise VMError(errno.EBADF, f"object {obj.id} is gone")
-            self._check_size_limits(vmap, size, f, p, maxp, a)
+            self._check_size_limits(vmap, size, f, maxp, a)
             if f & MAP_FIXED:
                 start = a
             else:
@@ -294,10 +294,12 @@ class Proc:
             vmap.insert(e)
             return start
 
-    def _check_size_limits(self, vmap: Vmspace, size: int, flags: int, prot: int, maxp: int | None,
+    def _check_size_limits(self, vmap: Vmspace, size: int, flags: int, maxp: int | None,
                            addr: int) -> None:
-        """RLIMIT_AS over the whole space, RLIMIT_DATA over private writable
-        memory (ENOMEM), counting what a MAP_FIXED mapping replaces."""
+        """RLIMIT_AS over the whole space, RLIMIT_DATA over private memory
+        that may ever be written (its maximum protection allows writes, as
+        the usage counts it: an mprotect can add write without a check),
+        ENOMEM; counting what a MAP_FIXED mapping replaces."""
         replaced = replaced_data = 0
         if flags & MAP_FIXED:
             for e in vmap.entries_in(addr, addr + size):
@@ -307,8 +309,8 @@ class Proc:
         if vmap.size - replaced + size > self.limits[resource.RLIMIT_AS][0]:
             raise VMError(errno.ENOMEM, f"mmap of {size} bytes exceeds RLIMIT_AS")
         data_limit = self.limits[resource.RLIMIT_DATA][0]
-        if (data_limit != resource.RLIM_INFINITY and prot & PROT_WRITE
-                and _is_data(bool(flags & MAP_SHARED), maxp if maxp is not None else PROT_ALL)):
+        if data_limit != resource.RLIM_INFINITY and _is_data(bool(flags & MAP_SHARED),
+                                                               maxp if maxp is not None else PROT_ALL):
             data = sum(e.end - e.start for e in vmap.entries() if _is_data(e.shared, e.max_prot))
             if data - replaced_data + size > data_limit:
                 raise VMError(errno.ENOMEM, f"mmap of {size} bytes exceeds RLIMIT_DATA")
@@ -651,7 +653,7 @@ class Proc:
                 if found is None:
                     raise VMError(errno.ENOMEM, f"no {n:#x}-byte hole for a stack")
                 bos = found
-            self._check_size_limits(vmap, init, MAP_PRIVATE | MAP_ANON, PROT_READ | PROT_WRITE, None, bos)
+            self._check_size_limits(vmap, init, MAP_PRIVATE | MAP_ANON, None, bos)
             top = bos + n
             e = VMMapEntry(top - init, top, None, 0, PROT_READ | PROT_WRITE, PROT_ALL, INHERIT_COPY, False,
                            STACK_NAME)

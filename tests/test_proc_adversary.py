@@ -323,9 +323,6 @@ def test_close_during_uarea_swapin_is_eshutdown():
         k.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: RLIMIT_DATA is checked by mmap only when prot has PROT_WRITE, "
-                                       "so mmap(PROT_READ) then mprotect(RW) gets any amount of private "
-                                       "writable memory past the limit")
 def test_rlimit_data_cannot_be_bypassed_with_mprotect(kernel):
     """README: RLIMIT_DATA limits private writable memory; mmap past it is
     ENOMEM.  A 17-page RW mapping under a 16-page limit is refused, but a
